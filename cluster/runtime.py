@@ -1,0 +1,161 @@
+"""Connecting to Ray, and keeping a run's side files inside raylm's folders.
+
+Without an address (argument, recipe or `$RAY_ADDRESS`) raylm starts an embedded local Ray for the run
+and stops it afterwards; with one it connects to that cluster and leaves it running.
+
+vLLM, torch inductor, Triton, Hugging Face and Ray all write caches and sockets to `~/.cache`, `/tmp` and
+`/tmp/ray` by default. `isolate_side_files()` points each of them into raylm's cache (lasting caches,
+e.g. DeepSpeed's JIT-built ops) or a per-process scratch folder (temporary files, removed at exit), so a
+run leaves nothing behind in `/tmp` or `~` beyond `$RAYLM_HOME`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import secrets
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipelines.assets import asset_paths
+
+# Unix socket paths are limited to 107 bytes; Ray puts sockets at
+# <temp_dir>/session_<date>_<time>_<pid>/sockets/plasma_store (~70 bytes after the temp dir).
+_MAX_RAY_TEMP_LEN = 36
+
+
+@dataclass(frozen=True)
+class SideFolders:
+    cache: Path
+    scratch: Path
+    ray_temp: Path
+
+
+_ISOLATED: SideFolders | None = None
+
+
+def isolate_side_files(home: Path | None = None) -> SideFolders:
+    """Point every library's cache and temp variables into raylm's folders (idempotent per process).
+
+    Variables the user already set are respected.
+    """
+    global _ISOLATED
+    if _ISOLATED is not None:
+        return _ISOLATED
+    paths = asset_paths(home)
+    cache = paths.root / "cache"
+    scratch_parent = paths.root / "tmp"
+    scratch_parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f"run-{os.getpid()}-", dir=scratch_parent))
+    ray_temp = scratch / "ray"
+    if len(str(ray_temp)) > _MAX_RAY_TEMP_LEN:
+        # A deep $RAYLM_HOME would overflow the socket path limit: fall back to a short folder that is
+        # still ours and still removed at exit.
+        ray_temp = Path(tempfile.mkdtemp(prefix="raylm-")) / "ray"
+    wanted = {
+        "NLTK_DATA": paths.nltk_data,
+        "HF_HOME": cache / "huggingface",
+        "HF_HUB_OFFLINE": "1",  # no model hub is reachable; fail fast instead of retrying
+        "VLLM_CACHE_ROOT": cache / "vllm",
+        "VLLM_RPC_BASE_PATH": scratch,
+        "TORCHINDUCTOR_CACHE_DIR": cache / "torchinductor",
+        "TRITON_CACHE_DIR": cache / "triton",
+        "TORCH_EXTENSIONS_DIR": paths.torch_extensions,
+        "MPLCONFIGDIR": cache / "matplotlib",
+        "TMPDIR": scratch,
+        "RAY_TMPDIR": ray_temp,
+    }
+    for key, value in wanted.items():
+        os.environ.setdefault(key, str(value))
+    for key in ("HF_HOME", "VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "TORCH_EXTENSIONS_DIR"):
+        Path(os.environ[key]).mkdir(parents=True, exist_ok=True)
+    tempfile.tempdir = None  # re-read TMPDIR
+    atexit.register(shutil.rmtree, scratch, True)
+    atexit.register(shutil.rmtree, ray_temp.parent if ray_temp.parent != scratch else ray_temp, True)
+    _ISOLATED = SideFolders(cache=cache, scratch=scratch, ray_temp=ray_temp)
+    return _ISOLATED
+
+
+def resolve_address(address: str | None) -> str | None:
+    """The cluster to connect to: the argument, else `$RAY_ADDRESS`, else None (embedded local Ray)."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
+class RayUnreachable(ConnectionError):
+    """No Ray cluster answers at the given address."""
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast with a clear message when nothing listens at a Ray address (`ray.init` would otherwise
+    retry for minutes). `auto` and addresses without a port are left to Ray."""
+    target = address.split("://", 1)[-1]
+    if address == "auto" or ":" not in target:
+        return
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return
+    except (OSError, ValueError) as exc:
+        raise RayUnreachable(
+            f"cannot reach a Ray cluster at {address}: {exc}. Start one with `ray start --head` or check "
+            "--address / RAY_ADDRESS (GCS port 6379 by default, `ray://host:10001` for Ray Client)"
+        ) from None
+
+
+@contextlib.contextmanager
+def ray_session(
+    address: str | None = None,
+    num_cpus: int | None = None,
+    object_store_memory_gb: float | None = None,
+    dashboard: bool = False,
+    dashboard_host: str = "127.0.0.1",
+    dashboard_port: int = 8265,
+    namespace: str = "raylm",
+) -> Iterator[dict]:
+    """Connect to Ray for the duration of a `with` block; yields `ray.cluster_resources()`.
+
+    Starts (and afterwards stops) an embedded local Ray when no address is given; if Ray is already
+    initialised in this process it is reused and left running.
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield ray.cluster_resources()
+        return
+    side = isolate_side_files()
+    address = resolve_address(address)
+    kwargs: dict = {"namespace": namespace, "log_to_driver": True, "configure_logging": True}
+    if address is None:
+        # Embedded local Ray. Ray 2.60 turns token auth on by default and keeps the token in
+        # ~/.ray/auth_token (a run died when that file vanished, OFFLINE.md). Keep auth on, but with a
+        # fresh per-process token in the environment (inherited by Ray's processes): nothing is written
+        # to ~ and nothing outside this process tree knows the token.
+        if "RAY_AUTH_MODE" not in os.environ and "RAY_AUTH_TOKEN" not in os.environ:
+            os.environ["RAY_AUTH_MODE"] = "token"
+            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+            # Ray caches its config at import; re-read it as ray.init itself does when it turns auth on.
+            from ray._raylet import Config
+
+            Config.initialize("")
+        kwargs.update(
+            num_cpus=num_cpus,
+            include_dashboard=dashboard,
+            dashboard_host=dashboard_host,
+            dashboard_port=dashboard_port,
+            _temp_dir=str(side.ray_temp),
+        )
+        if object_store_memory_gb:
+            kwargs["object_store_memory"] = int(object_store_memory_gb * 1024**3)
+    else:
+        check_reachable(address)
+        kwargs["address"] = address
+    ray.init(**kwargs)
+    try:
+        yield ray.cluster_resources()
+    finally:
+        ray.shutdown()

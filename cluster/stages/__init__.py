@@ -1,0 +1,5 @@
+"""Stage planners, in run order. Each module here has `plan(recipe, run_folder) -> StagePlan | None` for
+one stage (None when the recipe has no section for it); `cluster.orchestrate` runs them in this order."""
+
+# Stages append their module name here, in run order, as they land.
+STAGE_MODULES: list[str] = []

@@ -1,0 +1,1 @@
+"""Ray Serve applications over vLLM (added as the serving stage lands)."""

@@ -1,0 +1,59 @@
+"""The Ray connect helper against a real local Ray."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import ray
+
+from cluster.runtime import RayUnreachable, isolate_side_files, ray_session, resolve_address
+
+pytestmark = pytest.mark.ray
+
+
+def test_embedded_ray_starts_with_side_files_inside_raylm_and_stops():
+    side = isolate_side_files()
+    assert not ray.is_initialized()
+    with ray_session(num_cpus=2) as resources:
+        assert resources["CPU"] == 2
+        sessions = [p for p in os.listdir(side.ray_temp) if p.startswith("session_2")]
+        assert sessions, "Ray's session folder is not under raylm's temp dir"
+
+        @ray.remote
+        def env_of_worker():
+            return os.environ["TMPDIR"], os.environ["VLLM_CACHE_ROOT"], os.environ["NLTK_DATA"]
+
+        tmpdir, vllm_cache, nltk_data = ray.get(env_of_worker.remote())
+        assert tmpdir == str(side.scratch) and vllm_cache.startswith(str(side.cache))
+        assert nltk_data.endswith("nltk_data")
+        # token auth stays on, with a per-process token that is not written to ~/.ray
+        assert os.environ.get("RAY_AUTH_MODE") == "token"
+    assert not ray.is_initialized()
+
+
+def test_session_is_reused_when_ray_is_already_up():
+    with ray_session(num_cpus=1):
+        with ray_session(num_cpus=2) as inner:  # no second Ray; the outer one stays up
+            assert inner["CPU"] == 1
+        assert ray.is_initialized()
+    assert not ray.is_initialized()
+
+
+def test_address_resolution(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert resolve_address(None) is None
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert resolve_address(None) == "10.0.0.1:6379"
+    assert resolve_address("auto") == "auto"
+
+
+def test_unreachable_address_fails_fast_and_clearly():
+    import time
+
+    t0 = time.perf_counter()
+    with pytest.raises(RayUnreachable, match=r"cannot reach a Ray cluster at 127.0.0.1:1"), \
+            ray_session(address="127.0.0.1:1"):
+        pass
+    assert time.perf_counter() - t0 < 10
+    assert not ray.is_initialized()
