@@ -9,6 +9,7 @@ key, the closest valid one.
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -18,6 +19,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError
 
 from pipelines.config_base import SectionConfig
+from pipelines.data.config import DataConfig, TokenizerConfig
 
 
 class ClusterConfig(SectionConfig):
@@ -51,6 +53,12 @@ class Recipe(SectionConfig):
     """Seed for every stage's random choices (sampling, splits, initialisation)."""
     cluster: ClusterConfig = ClusterConfig()
     """Where the run executes."""
+    data: DataConfig | None = None
+    """The data stage (`raylm data`): inputs, column types and cleaning operators -> `<run>/data/`
+    (cleaned Parquet, stats.json, quarantine/). None: no data stage."""
+    tokenizer: TokenizerConfig | None = None
+    """The tokenize stage (`raylm data`): train or take a tokenizer, pack the cleaned text into
+    fixed-length sequences -> `<run>/tokenize/` (tokenizer/, train/, heldout/). None: no tokenize stage."""
 
     def resolved_run_dir(self) -> str:
         return self.run_dir or str(Path("runs") / self.name)
@@ -131,12 +139,18 @@ def _model_classes(annotation: Any) -> list[type[BaseModel]]:
 def _model_at(loc: tuple) -> type[BaseModel] | None:
     """The model class whose fields are valid at `loc` (a pydantic error location)."""
     model: type[BaseModel] = Recipe
+    options: list[type[BaseModel]] = []
     for part in loc:
         if isinstance(part, int):
             continue
+        # union branches show up as extra loc parts named after the class, or after the branch's
+        # discriminator value (`op: zscore_outliers`); follow them when known
+        branch = _union_branch(options, part) if len(options) > 1 else None
+        if branch is not None:
+            model, options = branch, []
+            continue
         field = model.model_fields.get(part)
         if field is None:
-            # union branches show up as extra loc parts named after the class; follow them when known
             candidates = [m for m in _model_classes_in(model) if m.__name__ == part]
             if candidates:
                 model = candidates[0]
@@ -145,8 +159,36 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
         classes = _model_classes(field.annotation)
         if not classes:
             return model
-        model = classes[0]
+        model, options = classes[0], classes
     return model
+
+
+def _union_branch(options: list[type[BaseModel]], part: str) -> type[BaseModel] | None:
+    """The branch of a union that a location part names: by class name or by its discriminator value."""
+    for cls in options:
+        if cls.__name__ == part:
+            return cls
+        for f in cls.model_fields.values():
+            if typing.get_origin(f.annotation) is typing.Literal and part in typing.get_args(f.annotation):
+                return cls
+    return None
+
+
+def _union_tags(loc: tuple) -> set[str]:
+    """Location parts of `loc` that are discriminated-union branch markers (e.g. `zscore_outliers`)."""
+    tags, model, options = set(), Recipe, []
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        branch = _union_branch(options, part) if len(options) > 1 else None
+        if branch is not None:
+            tags.add(part)
+            model, options = branch, []
+            continue
+        field = model.model_fields.get(part)
+        classes = _model_classes(field.annotation) if field is not None else []
+        model, options = (classes[0] if classes else None), classes
+    return tags
 
 
 def _model_classes_in(model: type[BaseModel]) -> list[type[BaseModel]]:
@@ -157,12 +199,15 @@ def _model_classes_in(model: type[BaseModel]) -> list[type[BaseModel]]:
 
 
 def _clean_loc(loc: tuple) -> tuple:
-    """Drop pydantic's union-branch markers (class names, 'function-after[...]') from a location."""
-    return tuple(p for p in loc if isinstance(p, int) or ("[" not in p and not p[:1].isupper()))
+    """Drop pydantic's union-branch markers (class names, discriminator values, 'function-after[...]')."""
+    tags = _union_tags(loc)
+    return tuple(p for p in loc
+                 if isinstance(p, int) or ("[" not in p and not p[:1].isupper() and p not in tags))
 
 
 def _describe(err: dict, source: str, lines: dict[tuple, int], overrides: set[str]) -> str:
-    loc = _clean_loc(tuple(err["loc"]))
+    raw_loc = tuple(err["loc"])
+    loc = _clean_loc(raw_loc)
     dotted = ".".join(str(p) for p in loc) or "<top>"
     if dotted in overrides:
         where = "--set"
@@ -174,13 +219,22 @@ def _describe(err: dict, source: str, lines: dict[tuple, int], overrides: set[st
                 break
         where = f"{source}:{line}" if line is not None else source
     if err["type"] == "extra_forbidden":
-        model = _model_at(loc[:-1])
+        model = _model_at(raw_loc[:-1])
         valid = sorted(model.model_fields) if model else []
         close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
         hint = f"did you mean '{close[0]}'?" if close else f"valid keys here: {', '.join(valid)}"
         return f"{where}: {dotted}: unknown key ({hint})"
     if err["type"] == "missing":
         return f"{where}: {dotted}: required key is missing"
+    if err["type"] == "union_tag_invalid":  # e.g. an unknown `op:` in data.operators
+        ctx = err.get("ctx", {})
+        key, tag = str(ctx.get("discriminator", "")).strip("'\""), str(ctx.get("tag", ""))
+        expected = re.findall(r"'([^']*)'", str(ctx.get("expected_tags", "")))
+        close = difflib.get_close_matches(tag, expected, n=1, cutoff=0.5)
+        hint = f"did you mean '{close[0]}'?" if close else f"valid: {', '.join(expected)}"
+        return f"{where}: {dotted}: unknown {key} '{tag}' ({hint})"
+    if err["type"] == "value_error":
+        return f"{where}: {dotted}: {err['msg'].removeprefix('Value error, ')}"
     got = err.get("input")
     got_text = "" if isinstance(got, dict | list) else f" (got {got!r})"
     return f"{where}: {dotted}: {err['msg']}{got_text}"
