@@ -25,15 +25,19 @@ err_console = Console(stderr=True)
 SET_HELP = "Override a recipe key, e.g. `--set cluster.num_cpus=2` (repeatable; the value is YAML)."
 
 
+def fail(problem: Exception | str, code: int = 2) -> typer.Exit:
+    """Print a problem to stderr unwrapped and without markup (messages hold paths and brackets), exit."""
+    problems = getattr(problem, "problems", None) or [str(problem)]
+    head = problems[0] if len(problems) == 1 else "invalid recipe:\n  " + "\n  ".join(problems)
+    typer.secho(head, err=True, fg="red")
+    raise typer.Exit(code)
+
+
 def _load(recipe: Path, overrides: list[str]):
     try:
         return load_recipe(recipe, overrides)
     except RecipeError as exc:
-        err_console.print(f"[bold red]{exc.problems[0] if len(exc.problems) == 1 else 'invalid recipe:'}[/]")
-        if len(exc.problems) > 1:
-            for p in exc.problems:
-                err_console.print(f"  {p}")
-        raise typer.Exit(2) from None
+        fail(exc)
 
 
 @app.command()
@@ -72,8 +76,7 @@ def run(
     try:
         results = run_recipe(cfg, force=set(force), log=console.print)
     except RecipeError as exc:
-        err_console.print(f"[bold red]{exc}[/]")
-        raise typer.Exit(2) from None
+        fail(exc)
     _summary(results)
 
 
@@ -139,8 +142,7 @@ def status(run_dir: Path = typer.Argument(..., help="A run folder, e.g. runs/qui
     from pipelines.run_folder import RunFolder
 
     if not run_dir.exists():
-        err_console.print(f"[red]{run_dir}: no such run folder[/]")
-        raise typer.Exit(2)
+        fail(f"{run_dir}: no such run folder")
     manifests = RunFolder(str(run_dir)).manifests()
     if not manifests:
         console.print(f"{run_dir}: no finished stages yet")
@@ -167,7 +169,7 @@ def setup(
     """
     from cluster.assets.prepare import prepare_assets
 
-    results = prepare_assets(only=set(only) or None, log=console.print)
+    results = prepare_assets(only=set(only) or None, log=lambda msg: console.print(msg, markup=False))
     if any(r.status == "failed" for r in results):
         raise typer.Exit(1)
 
@@ -185,8 +187,7 @@ def keys(section: str = typer.Argument(None, help="Only this section, e.g. `clus
         table.add_column(col, overflow="fold")
     rows = [r for r in describe_keys() if section is None or r[0].split(".")[0] == section]
     if not rows:
-        err_console.print(f"[red]no recipe section named {section!r}[/]")
-        raise typer.Exit(2)
+        fail(f"no recipe section named {section!r}")
     for r in rows:
         table.add_row(*r)
     console.print(table)

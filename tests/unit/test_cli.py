@@ -58,5 +58,6 @@ def test_doctor_json_reports_every_component():
     assert "CPU ISA" in rows["torch"]["detail"]
     assert "accelerator cpu" in rows["deepspeed"]["detail"]
     assert "platform cpu" in rows["vllm"]["detail"]
-    for name in ("nltk_data", "corpus", "instructions", "reference_model"):
+    for name in ("punkt_tab", "wordnet", "corpus", "instructions", "reference_model"):
         assert name in rows, name
+        assert rows[name]["status"] == "ok", rows[name]
