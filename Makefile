@@ -7,9 +7,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.raylm-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup venv assets quickstart test lint doctor clean-runs
+# Debian packages the test suite uses (Prometheus for the monitoring test). The asset step installs its
+# own (WordNet, the text packages) the same way.
+SYSTEM_PACKAGES := prometheus
 
-setup: venv assets
+.PHONY: setup venv system-deps assets quickstart test lint doctor clean-runs
+
+setup: venv system-deps assets
 
 # The venv is rebuilt only when pyproject.toml or the lock changed since the last install.
 venv: $(STAMP)
@@ -23,6 +27,16 @@ $(STAMP): pyproject.toml requirements.lock
 	@# transformers' model imports next to the CPU torch (OFFLINE.md): remove them.
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 	@touch $(STAMP)
+
+system-deps:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -z "$$missing" ]; then echo "system packages: all present ($(SYSTEM_PACKAGES))"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	else \
+	  echo "system packages missing: $$missing; install with: sudo apt-get install $$missing"; \
+	  echo "(setup goes on; the tests that need them fail naming the package)"; \
+	fi
 
 # NLTK data, the bundled corpus, instruction pairs, the reference model -> $RAYLM_HOME (~/.cache/raylm).
 assets: venv

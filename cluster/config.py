@@ -20,6 +20,9 @@ from pydantic import BaseModel, Field, ValidationError
 
 from pipelines.config_base import SectionConfig
 from pipelines.data.config import DataConfig, TokenizerConfig
+from pipelines.models.config import ModelConfig
+from pipelines.train.config import PretrainConfig
+from serving.config import ServeConfig
 
 
 class ClusterConfig(SectionConfig):
@@ -40,6 +43,10 @@ class ClusterConfig(SectionConfig):
     """Dashboard port for the embedded local Ray."""
     namespace: str = "raylm"
     """Ray namespace the run's named actors live in."""
+    storage: str | None = None
+    """Storage every node of a cluster sees (a shared path such as `/mnt/cluster/raylm`, or
+    `s3://bucket/raylm`). A run sent with `raylm submit` writes to `<storage>/<name>` unless `run_dir`
+    is set; None: `run_dir` must then be set to such a place."""
 
 
 class Recipe(SectionConfig):
@@ -59,6 +66,16 @@ class Recipe(SectionConfig):
     tokenizer: TokenizerConfig | None = None
     """The tokenize stage (`raylm data`): train or take a tokenizer, pack the cleaned text into
     fixed-length sequences -> `<run>/tokenize/` (tokenizer/, train/, heldout/). None: no tokenize stage."""
+    model: ModelConfig | None = None
+    """The model `pretrain` trains (`raylm keys model`): family (decoder, encoder-decoder, encoder), size
+    preset and overrides. None with a `pretrain` section: the small decoder-only preset."""
+    pretrain: PretrainConfig | None = None
+    """The pretrain stage (`raylm pretrain`): Ray Train + DeepSpeed on the tokenize stage's sequences ->
+    `<run>/pretrain/` (model/ as a Hugging Face folder, metrics.jsonl, loss_curve.png). None: no
+    pretraining."""
+    serve: ServeConfig | None = None
+    """The serve stage (`raylm serve`): an OpenAI-compatible Ray Serve app over vLLM for the listed models;
+    a pipeline run ends by sending `serve.sample_prompts` through it. None: nothing is served."""
 
     def resolved_run_dir(self) -> str:
         return self.run_dir or str(Path("runs") / self.name)

@@ -100,8 +100,20 @@ def asset_checks() -> list[Check]:
     return rows
 
 
+def check_matmul_peak() -> Check:
+    """The matmul peak MFU divides by, re-measured (all cores, or the GPU) and cached for training."""
+    from pipelines.train.flops import matmul_peak
+
+    device = "cuda" if _has_cuda() else "cpu"
+    fp32 = matmul_peak("fp32", device, remeasure=True) / 1e9
+    bf16 = matmul_peak("bf16", device, remeasure=True) / 1e9
+    note = "" if device == "cuda" or bf16 > fp32 else " (bf16 emulated on this CPU: pretraining uses fp32)"
+    return Check("matmul_peak", OK, f"fp32 {fp32:,.0f} GFLOP/s, bf16 {bf16:,.1f} GFLOP/s on {device}{note}")
+
+
 LIBRARY_CHECKS: list[Callable[[], Check]] = [
     check_python, check_torch, check_ray, check_deepspeed, check_vllm, check_memory, check_disk,
+    check_matmul_peak,
 ]
 
 

@@ -33,10 +33,13 @@ class StagePlan:
     folder: str = ""
 
 
-def plan_stages(cfg: Recipe) -> list[StagePlan]:
+def plan_stages(cfg: Recipe, only: set[str] | None = None) -> list[StagePlan]:
+    """The recipe's stages in run order; `only` keeps just the stages (module names) listed."""
     folder = RunFolder(cfg.resolved_run_dir())
     plans = []
     for module in STAGE_MODULES:
+        if only is not None and module.rsplit(".", 1)[-1] not in only:
+            continue
         plan = importlib.import_module(module).plan(cfg, folder)
         if plan is not None:
             plan.folder = folder.stage_dir(plan.name)
@@ -45,11 +48,13 @@ def plan_stages(cfg: Recipe) -> list[StagePlan]:
 
 
 def run_recipe(
-    cfg: Recipe, force: set[str] = frozenset(), log: Callable[[str], None] = print
+    cfg: Recipe, force: set[str] = frozenset(), log: Callable[[str], None] = print,
+    only: set[str] | None = None,
 ) -> list[StageResult]:
-    """Run every planned stage in order; `force` names stages to redo (`all` for every one)."""
+    """Run every planned stage in order; `force` names stages to redo (`all` for every one); `only`
+    restricts the run to the named stages (e.g. `raylm data` runs {"data", "tokenize"})."""
     folder = RunFolder(cfg.resolved_run_dir())
-    plans = plan_stages(cfg)
+    plans = plan_stages(cfg, only)
     results: list[StageResult] = []
     if not plans:
         log(f"{cfg.name}: the recipe has no stage sections, nothing to run")

@@ -1,0 +1,85 @@
+"""Counting what every step did, across Ray workers: rows in and out, drops by reason, quarantined
+records by reason, counters (PII replacements, filled cells, ...).
+
+Workers report one small dict per batch per step to a `StatsCollector` (a Ray actor in a Ray run, a
+plain object in a local run) and wait for the acknowledgement, so when a pass finishes its counts are all
+in. Counts are additive, so the order of reports does not matter.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+
+class StatsCollector:
+    """Sums per-step counters: `add("op:3", {"rows_in": 10, "drop:zscore_outlier": 1})`."""
+
+    def __init__(self) -> None:
+        self._steps: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+
+    def add(self, step: str, counts: dict[str, int]) -> bool:
+        target = self._steps[step]
+        for key, value in counts.items():
+            target[key] += int(value)
+        return True
+
+    def add_many(self, reports: list[tuple[str, dict[str, int]]]) -> bool:
+        for step, counts in reports:
+            self.add(step, counts)
+        return True
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        return {step: dict(counts) for step, counts in self._steps.items()}
+
+
+class Reporter:
+    """What workers hold: sends a batch's reports to the collector (a Ray actor handle or a local one)."""
+
+    def __init__(self, collector: Any, remote: bool):
+        self.collector, self.remote = collector, remote
+
+    def send(self, reports: list[tuple[str, dict[str, int]]]) -> None:
+        if not reports:
+            return
+        if self.remote:
+            import ray
+
+            ray.get(self.collector.add_many.remote(reports))
+        else:
+            self.collector.add_many(reports)
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        if self.remote:
+            import ray
+
+            return ray.get(self.collector.snapshot.remote())
+        return self.collector.snapshot()
+
+
+def remote_reporter() -> Reporter:
+    """A collector actor (no CPU reserved, so it never blocks the data tasks) and its reporter."""
+    import ray
+
+    actor = ray.remote(num_cpus=0)(StatsCollector).remote()
+    return Reporter(actor, remote=True)
+
+
+def split_counts(counts: dict[str, int]) -> dict[str, Any]:
+    """{"rows_in", "rows_out", "drop:x", "quarantine:y", "counter:z"} -> nested, for stats.json."""
+    out: dict[str, Any] = {
+        "rows_in": counts.get("rows_in", 0),
+        "rows_out": counts.get("rows_out", 0),
+        "dropped": {},
+        "quarantined": {},
+        "counters": {},
+    }
+    for key, value in sorted(counts.items()):
+        for prefix, section in (
+            ("drop:", "dropped"),
+            ("quarantine:", "quarantined"),
+            ("counter:", "counters"),
+        ):
+            if key.startswith(prefix):
+                out[section][key[len(prefix) :]] = value
+    return out

