@@ -288,8 +288,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def engine_env(tcmalloc: bool) -> dict[str, str]:
-    env = {}
+def engine_env(tcmalloc: bool, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(extra or {})
     if tcmalloc and Path(TCMALLOC).exists():
         env["LD_PRELOAD"] = TCMALLOC
     return env
@@ -322,7 +322,8 @@ class LoadSampler:
                 "samples": len(one)}
 
 
-def start_vllm_server(model_path: str, engine_args: dict, port: int, log_path: Path, tcmalloc: bool):
+def start_vllm_server(model_path: str, engine_args: dict, port: int, log_path: Path, tcmalloc: bool,
+                      extra_env: dict[str, str] | None = None):
     args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
             "--served-model-name", MODEL_NAME, "--host", "127.0.0.1", "--port", str(port)]
     for k, v in engine_args.items():
@@ -331,7 +332,7 @@ def start_vllm_server(model_path: str, engine_args: dict, port: int, log_path: P
             args.append(flag)
         elif v is not False:
             args += [flag, str(v)]
-    env = {**os.environ, **engine_env(tcmalloc)}
+    env = {**os.environ, **engine_env(tcmalloc, extra_env)}
     log = open(log_path, "w")  # noqa: SIM115 - closed by stop_server
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     proc._raylm_log = log  # type: ignore[attr-defined]
@@ -427,6 +428,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hf-threads", default="auto", help="torch threads for the transformers baseline: a "
                    "number, or `auto` = the faster of 1 and all cores on a short calibration (on a busy "
                    "machine OpenMP's spinning makes all-cores up to 10x slower)")
+    p.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra vLLM engine argument for vllm and raylm (value parsed as YAML), repeatable")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="environment for the vLLM processes of vllm and raylm, e.g. "
+                   "VLLM_CPU_OMP_THREADS_BIND=0-1, repeatable")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(RESULTS / "serve.json"))
     p.add_argument("--md", default=str(RESULTS / "serve.md"))
@@ -463,10 +469,16 @@ def main(argv: list[str] | None = None) -> int:
         workloads[("equal", c)] = make_requests(stream, n_for[c], fixed_p, fixed_o, rng)
 
     # The engine configuration: raylm's planner, for the largest concurrency.
+    import yaml
+
     from serving.app import plan_app
     from serving.config import ServeConfig
 
     engine_extra = {"dtype": args.dtype, "enforce_eager": not args.compile}
+    for item in args.engine_arg:
+        key, _, value = item.partition("=")
+        engine_extra[key] = yaml.safe_load(value)
+    extra_env = dict(item.split("=", 1) for item in args.env)
     cfg = ServeConfig.model_validate({
         "port": free_port(), "models": [{
             "name": MODEL_NAME, "path": model_path, "device": "cpu", "engine_args": engine_extra,
@@ -512,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     if "vllm" in systems:
         port = free_port()
         t0 = time.perf_counter()
-        proc = start_vllm_server(model_path, engine_args, port, logs / "vllm.log", tcmalloc)
+        proc = start_vllm_server(model_path, engine_args, port, logs / "vllm.log", tcmalloc, extra_env)
         try:
             url = f"http://127.0.0.1:{port}/v1"
             wait_http(url, 900, proc)
@@ -532,7 +544,8 @@ def main(argv: list[str] | None = None) -> int:
         from serving.app import start_app, stop_app
         from serving.metrics import engine_kv_info
 
-        os.environ.update(engine_env(tcmalloc))  # the embedded Ray's workers inherit it
+        saved_env = dict(os.environ)
+        os.environ.update(engine_env(tcmalloc, extra_env))  # the embedded Ray's workers inherit it
         t0 = time.perf_counter()
         with ray_session(num_cpus=2):
             from ray import serve
@@ -548,7 +561,8 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 stop_app(cfg)
                 serve.shutdown()
-        os.environ.pop("LD_PRELOAD", None)
+        os.environ.clear()
+        os.environ.update(saved_env)
 
     if "transformers" in systems:
         import torch
@@ -604,8 +618,7 @@ def main(argv: list[str] | None = None) -> int:
                      "requests_per_concurrency": n_for,
                      "poisson_rate_rps": {c: round(r, 4) for c, r in rates.items()},
                      "seed": args.seed},
-        "engine": {"args": engine_args, "tcmalloc": tcmalloc, "model": model_path,
-                   "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto")},
+        "engine": {"args": engine_args, "tcmalloc": tcmalloc, "model": model_path, "env": extra_env},
         "startup_s": startup,
         "memory": memory,
         "kv_cache": kv,

@@ -6,8 +6,8 @@ dataset (global statistics, a model fit, deduplication, ordered groups) splits t
 - before it, the data so far is written once to a Parquet checkpoint (`_work/ckpt-N/`), unless the last
   checkpoint plus cheap numeric steps already give it; the checkpoint streams to disk, so memory does
   not grow with the input;
-- statistics are Ray Data aggregations over the checkpoint, reading only the columns needed (mean and
-  std: `Mean`/`Std`; quartiles and medians: `Quantile`; missing ratios: `Count`);
+- statistics are one Ray Data pass over the checkpoint, reading only the columns needed: tasks emit
+  mergeable partial aggregates, the driver merges them exactly (`ray_stats`);
 - deduplication computes bucket keys with `map_batches`, shuffles them with `groupby` on a hash
   partition of the key and resolves buckets per partition (see `ops/dedup.py`); only one edge per
   duplicate reaches the driver;
@@ -47,6 +47,7 @@ from pipelines.data.steps import BatchContext, Step, schema_after, segment_fn
 from pipelines.run_folder import join, remove_tree
 
 KEY_ROWS_PER_PARTITION = 400_000
+CHECKPOINT_ROWS_PER_FILE = 8192
 
 
 def parse_batch(
@@ -97,7 +98,8 @@ def _read_input(inp: InputFiles, cfg: DataConfig, schema: dict[str, ColumnType],
         dict(cfg.columns),
         dict(zip(inp.file_ids, inp.files, strict=True)),
     )
-    ds = ray.data.read_datasource(make_datasource(inp))
+    readable = len(inp.files) - len(inp.unreadable)
+    ds = ray.data.read_datasource(make_datasource(inp), override_num_blocks=_blocks(readable))
     if inp.config.limit:
         ds = ds.limit(inp.config.limit)
     return ds.map_batches(
@@ -108,40 +110,81 @@ def _read_input(inp: InputFiles, cfg: DataConfig, schema: dict[str, ColumnType],
     )
 
 
+def _blocks(files: int) -> int | None:
+    """Read tasks for `files` files: one per file when there are enough to keep every CPU busy, so Ray
+    fuses reading with the operators (no block splitting between them); else Ray's default."""
+    import os
+
+    if os.environ.get("RAYLM_DATA_DEFAULT_BLOCKS"):
+        return None
+    import ray
+
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return files if files >= 2 * cpus else None
+
+
 def _with_tag(ctx: BatchContext, tag: str) -> BatchContext:
     return BatchContext(ctx.reporter, ctx.quarantine_dir, ctx.files, tag)
 
 
-def ray_stats(ds, requests: list[StatRequest]) -> dict[str, Any]:
-    """Global statistics with Ray Data aggregations, in one pass."""
-    from ray.data.aggregate import Count, Mean, Quantile, Std
+def _partial_stats(df: pd.DataFrame, requests: list[StatRequest]) -> pd.DataFrame:
+    """One batch's partial aggregates: per column count, sum and sum of squared deviations (Chan et al.'s
+    mergeable form of the variance), missing count, and the values themselves for exact quantiles."""
+    row: dict[str, Any] = {"rows": len(df)}
+    for column in sorted({r.column for r in requests}):
+        x = (
+            pd.to_numeric(df[column], errors="coerce").to_numpy(dtype="float64")
+            if any(r.column == column and r.kind != "missing_ratio" for r in requests)
+            else None
+        )
+        row[f"missing:{column}"] = int(df[column].isna().sum())
+        if x is not None:
+            x = x[~np.isnan(x)]
+            mean = float(x.mean()) if len(x) else 0.0
+            row[f"n:{column}"], row[f"mean:{column}"] = len(x), mean
+            row[f"m2:{column}"] = float(((x - mean) ** 2).sum()) if len(x) else 0.0
+            if any(r.column == column and r.kind == "quantile" for r in requests):
+                row[f"values:{column}"] = x.tolist()
+    return pd.DataFrame([row])
 
+
+def ray_stats(ds, requests: list[StatRequest]) -> dict[str, Any]:
+    """Global statistics over the whole dataset in one Ray Data pass: every task computes mergeable
+    partial aggregates of its batches (`_partial_stats`), and the driver merges them exactly (means and
+    variances with Chan's pairwise formula; quantiles from the gathered column, linear interpolation as
+    numpy/pandas). Only one small row per batch, plus the column itself for quantiles, reaches the driver."""
     if not requests:
         return {}
-    aggs, need_total = [], False
+    parts = ds.map_batches(_partial_stats, batch_format="pandas", fn_kwargs={"requests": requests}).take_all()
+    total_rows = sum(p["rows"] for p in parts)
+    out: dict[str, Any] = {}
     for r in requests:
-        if r.kind == "mean":
-            aggs.append(Mean(r.column, alias_name=r.key))
-        elif r.kind == "std":
-            aggs.append(Std(r.column, ddof=r.ddof, alias_name=r.key))
-        elif r.kind == "quantile":
-            aggs.append(Quantile(r.column, q=r.q, alias_name=r.key))
-        else:
-            aggs.append(Count(r.column, ignore_nulls=True, alias_name=f"present({r.column})"))
-            need_total = True
-    if need_total:
-        aggs.append(Count(alias_name="__rows"))
-    result = ds.aggregate(*aggs) or {}
-    out = {}
-    for r in requests:
+        c = r.column
         if r.kind == "missing_ratio":
-            total = result.get("__rows") or 0
-            out[r.key] = (1.0 - (result.get(f"present({r.column})") or 0) / total) if total else None
+            missing = sum(p.get(f"missing:{c}", 0) for p in parts)
+            out[r.key] = missing / total_rows if total_rows else None
+            continue
+        n, mean, m2 = 0, 0.0, 0.0
+        for p in parts:
+            nb = p.get(f"n:{c}", 0)
+            if not nb:
+                continue
+            delta = p[f"mean:{c}"] - mean
+            total = n + nb
+            mean += delta * nb / total
+            m2 += p[f"m2:{c}"] + delta * delta * n * nb / total
+            n = total
+        if r.kind == "mean":
+            out[r.key] = mean if n else None
+        elif r.kind == "std":
+            out[r.key] = math.sqrt(m2 / (n - r.ddof)) if n - r.ddof > 0 else None
         else:
-            value = result.get(r.key)
-            out[r.key] = (
-                None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+            values = (
+                np.concatenate([np.asarray(p.get(f"values:{c}") or [], dtype="float64") for p in parts])
+                if parts
+                else np.zeros(0)
             )
+            out[r.key] = float(np.quantile(values, r.q)) if len(values) else None
     return out
 
 
@@ -236,13 +279,18 @@ class RayEngine:
 
         path = join(self.work, f"ckpt-{self._ckpts}")
         t0 = time.perf_counter()
-        ds.write_parquet(path)
+        ds.write_parquet(path, min_rows_per_file=CHECKPOINT_ROWS_PER_FILE)
         self.ckpt_rows = ray.data.read_parquet(path).count()  # from the Parquet footers
+        files = len([p for p in ray.data.read_parquet(path).input_files()])
         self._timed(f"checkpoint-{self._ckpts}", t0)
         self._ckpts += 1
         self.log(f"  checkpoint {path}: {self.ckpt_rows} rows")
+        blocks = _blocks(files)
         return lambda columns=None: ray.data.read_parquet(
-            path, columns=columns, schema=arrow_schema(schema) if columns is None else None
+            path,
+            columns=columns,
+            schema=arrow_schema(schema) if columns is None else None,
+            override_num_blocks=blocks,
         )
 
     def source(self, schema: dict[str, ColumnType]):

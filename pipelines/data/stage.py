@@ -10,6 +10,7 @@ the columns operators need, and their resources (mapping files, NLTK data) witho
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -127,15 +128,19 @@ def run_clean(
     inputs = preflight(cfg)
     t0 = time.perf_counter()
     context = DataContext.get_current()
-    saved = context.execution_options.preserve_order
+    saved = context.execution_options.preserve_order, context.op_resource_reservation_enabled
     context.execution_options.preserve_order = True  # same input, same output files, same packing
+    if not os.environ.get("RAYLM_DATA_RESERVATION"):
+        # Ray Data reserves half the CPUs per operator by default; on a small machine that leaves one
+        # fused map operator a single task at a time. Our passes are read->operators->write chains.
+        context.op_resource_reservation_enabled = False
     try:
         reporter = remote_reporter()
         engine = RayEngine(cfg, out_dir, seed, inputs, reporter, log)
         schema = engine.run()
         counts = reporter.snapshot()
     finally:
-        context.execution_options.preserve_order = saved
+        context.execution_options.preserve_order, context.op_resource_reservation_enabled = saved
     rows_out = parquet_rows(join(out_dir, "clean"))
     stats = build_clean_stats(cfg, inputs, counts, engine.fitted, schema, rows_out)
     stats["wall_s"] = round(time.perf_counter() - t0, 3)

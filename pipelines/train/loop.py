@@ -81,10 +81,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model_cfg = ModelConfig.model_validate(config["model"])
     spec = ObjectiveSpec(**config["spec"])
     vocab = Vocab(**config["vocab"])
-    if not on_gpu:
+    device = ray.train.torch.get_device()
+    if on_gpu:
+        torch.cuda.set_device(device)  # DeepSpeed places the model on the current device
+        os.environ.setdefault("LOCAL_RANK", str(ctx.get_local_rank()))
+    else:
         torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
     deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
-    device = ray.train.torch.get_device()
     memory_base_gb, _ = _memory_gb(on_gpu)  # libraries loaded, no model yet: what the model adds is above
     precision = resolve_precision(cfg.precision, on_gpu)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
@@ -118,7 +121,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         print(f"[raylm] resumed from checkpoint at step {start_step}", flush=True)
 
     # ---- the matmul peak this worker group can reach (MFU's denominator)
-    peak = torch.tensor([matmul_peak(precision, "cuda" if on_gpu else "cpu")], dtype=torch.float64)
+    peak = torch.tensor([matmul_peak(precision, str(device) if on_gpu else "cpu")], dtype=torch.float64,
+                        device=device)
     dist.all_reduce(peak)
     peak_total = float(peak.item())
     flops_per_step = config["train_flops_per_sequence"] * cfg.global_batch
@@ -159,12 +163,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             eval_rng = np.random.default_rng([config["seed"], rank, 10**6])  # same masks at every eval
             for table in heldout_shard.iter_batches(batch_size=cfg.micro_batch_size, batch_format="pyarrow"):
                 heldout.append(prepare_batch(spec, rows_to_numpy(table), eval_rng))
-        sums = torch.zeros(2, dtype=torch.float64)
+        sums = torch.zeros(2, dtype=torch.float64, device=device)
         engine.eval()
         with torch.no_grad():
             for b in heldout:
                 loss, n = forward_loss(spec, engine, b, device, dtype)
-                sums += torch.tensor([loss.item() * n.item(), n.item()], dtype=torch.float64)
+                sums[0] += loss.detach().double() * n
+                sums[1] += n
         engine.train()
         dist.all_reduce(sums)
         mean = float(sums[0] / sums[1]) if sums[1] > 0 else float("nan")
@@ -190,7 +195,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     step = start_step
     t_attempt = time.perf_counter()
     train_s_before = state["train_s"]
-    acc = torch.zeros(3, dtype=torch.float64)  # loss x tokens, predicted tokens, real tokens
+    acc = torch.zeros(3, dtype=torch.float64, device=device)  # loss x tokens, predicted tokens, real tokens
     micro = 0
     t_step = time.perf_counter()
     stop_reason = "max_steps" if step < cfg.max_steps else "already at max_steps"
@@ -201,7 +206,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             loss, n = forward_loss(spec, engine, batch, device, dtype)
             engine.backward(loss)
             engine.step()
-            acc += torch.tensor([loss.item() * n.item(), n.item(), batch["tokens"]], dtype=torch.float64)
+            acc[0] += loss.detach().double() * n  # kept on the device: no host sync per micro-batch
+            acc[1] += n
+            acc[2] += batch["tokens"]
             micro += 1
             state["micro_batches"] += 1
             if micro < cfg.grad_accum_steps:
@@ -209,7 +216,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             micro = 0
             step += 1
             now = time.perf_counter()
-            sync = torch.cat([acc, torch.tensor([now - t_attempt], dtype=torch.float64)])
+            sync = torch.cat([acc, torch.tensor([now - t_attempt], dtype=torch.float64, device=device)])
             dist.all_reduce(sync)
             step_time = now - t_step
             t_step = now

@@ -242,3 +242,21 @@ def test_bad_recipe_fails_before_any_work(inputs, tmp_path):
     with pytest.raises(RecipeError, match=r"inputs\[3\].*has no text column 'text'"):
         plan_stages(parse_recipe(missing))
     assert not (tmp_path / "run").exists()
+
+
+def test_global_statistics_on_ray_equal_pandas(local_ray):
+    import ray
+
+    from pipelines.data.engine import pandas_stats, ray_stats
+    from pipelines.data.ops.base import StatRequest
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(5, 2, 3000)
+    x[::13] = np.nan
+    df = pd.DataFrame({"x": x, "s": ["a" if i % 7 else None for i in range(3000)]})
+    requests = [StatRequest("mean", "x"), StatRequest("std", "x", ddof=0), StatRequest("std", "x", ddof=1),
+                StatRequest("quantile", "x", q=0.25), StatRequest("quantile", "x", q=0.75),
+                StatRequest("missing_ratio", "x"), StatRequest("missing_ratio", "s")]
+    got = ray_stats(ray.data.from_pandas(df).repartition(7), requests)
+    expected = pandas_stats(df, requests)
+    assert got == pytest.approx(expected, rel=1e-12)

@@ -257,3 +257,29 @@ def test_metrics_reach_rays_metrics_endpoint(client, served):
     assert total(samples, "ray_vllm_generation_tokens_total") > 0
     assert total(samples, "ray_serve_num_http_requests_total") > 0
     assert total(samples, "ray_vllm_time_to_first_token_seconds_count") > 0
+
+
+def test_two_models_become_two_deployments_behind_one_ingress(served):
+    """Multi-model (a base model and, e.g., its compressed variant): built, not started (one app start-up
+    per module is the budget); each model keeps its own replicas/autoscaling and engine arguments."""
+    from serving.app import build_app, plan_app
+    from serving.auth import digests
+
+    cfg = served["cfg"].model_copy(update={"models": [
+        served["cfg"].models[0].model_copy(update={"lora_adapters": [], "replicas": 2}),
+        served["cfg"].models[0].model_copy(update={
+            "name": "smollm2-long", "lora_adapters": [],
+            "autoscaling": {"min_replicas": 0, "max_replicas": 3},
+            "targets": served["cfg"].models[0].targets.model_copy(update={"context_length": 2048})}),
+    ]})
+    app_plan = plan_app(cfg)
+    ingress = build_app(app_plan, digests([KEY]))._bound_deployment
+    llm = ingress.init_kwargs["llm_deployments"]
+    assert set(llm) == {"smollm2", "smollm2-long"}
+    first, second = (llm[n]._bound_deployment for n in ("smollm2", "smollm2-long"))
+    assert first.num_replicas == 2
+    assert second._deployment_config.autoscaling_config.max_replicas == 3
+    engines = {n: d.init_kwargs["llm_config"].engine_kwargs for n, d in (("a", first), ("b", second))}
+    assert engines["a"]["max_model_len"] == 1024 and engines["b"]["max_model_len"] == 2048
+    assert engines["b"]["kv_cache_memory_bytes"] == app_plan.plans["smollm2-long"].kv_cache_bytes
+    assert ingress.ray_actor_options["num_cpus"] == 0.5

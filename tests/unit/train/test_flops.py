@@ -49,3 +49,14 @@ def test_peak_is_measured_cached_and_keeps_the_best(tmp_path, monkeypatch):
 def test_a_real_matmul_measurement_is_plausible():
     value = flops.measure_matmul_peak("fp32", size=256, repeats=2)
     assert 1e8 < value < 1e14
+
+
+def test_doctor_row_measures_and_caches_the_peak(tmp_path, monkeypatch):
+    from cluster.doctor import check_matmul_peak
+
+    monkeypatch.setenv("RAYLM_HOME", str(tmp_path))
+    row = check_matmul_peak()
+    assert row.name == "matmul_peak" and row.status == "ok"
+    assert "fp32" in row.detail and "bf16" in row.detail and "GFLOP/s" in row.detail
+    cache = json.loads((tmp_path / "matmul_peak.json").read_text())
+    assert {k.split("|")[2] for k in cache} == {"fp32", "bf16"} and all(v > 1e8 for v in cache.values())
