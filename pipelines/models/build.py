@@ -47,7 +47,7 @@ def hf_config(cfg: ModelConfig, vocab: Vocab) -> Any:
         vocab_size=model_vocab_size(cfg, vocab),
         pad_token_id=vocab.pad_id,
         eos_token_id=vocab.eos_id,
-        tie_word_embeddings=r.get("tie_word_embeddings", cfg.family != "encoder-decoder"),
+        tie_word_embeddings=r.get("tie_word_embeddings", True),
         use_cache=False,
     )
     if cfg.family == "decoder":

@@ -122,7 +122,9 @@ class ModelConfig(SectionConfig):
     """Dropout probability (attention and hidden dropout where the family has them). None: 0.0 for the
     decoder (Llama has none), 0.1 for T5 and BERT."""
     tie_word_embeddings: bool | None = None
-    """Share the input embedding with the output projection. None: the preset's (T5 v1.1: untied)."""
+    """Share the input embedding with the output projection. None: the preset's (tied, except the decoder's
+    1b and 7b). For T5, transformers 5 always ties them and `false` only turns off the d_model**-0.5
+    scaling of the decoder output (T5 v1.1's convention), which makes the initial loss several times ln(V)."""
     rope_theta: float | None = Field(default=None, gt=0)
     """decoder only: base of the rotary position frequencies. None: 10000."""
     initializer_range: float | None = Field(default=None, gt=0)

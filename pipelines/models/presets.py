@@ -63,7 +63,8 @@ DECODER: dict[str, Preset] = {
 }
 
 ENCODER_DECODER: dict[str, Preset] = {
-    # T5 v1.1-style: gated-GELU feed-forward, relative position buckets (no position limit), untied head.
+    # T5 v1.1-style: gated-GELU feed-forward, relative position buckets (no position limit); tied head with
+    # the decoder output scaled by d_model**-0.5 (transformers 5 ties T5's head in any case).
     "tiny": dict(
         hidden_size=64, num_layers=2, num_decoder_layers=2, num_heads=4, head_dim=16, intermediate_size=128
     ),
