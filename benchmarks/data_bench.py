@@ -123,6 +123,12 @@ def _tree_memory(proc) -> tuple[int, int]:
     return pss, rss
 
 
+def _child_environment() -> dict[str, str]:
+    """This process' environment minus its scratch folders: each child makes its own. An inherited
+    TMPDIR inside $RAYLM_HOME (as under pytest) would make the child's Ray socket paths too long."""
+    return {k: v for k, v in os.environ.items() if k not in ("TMPDIR", "RAY_TMPDIR", "VLLM_RPC_BASE_PATH")}
+
+
 def measure(cmd: list[str], env: dict | None = None, timeout: float = 7200) -> dict:
     """Run `cmd`; return its last JSON line plus wall time, peak PSS/RSS of its tree and the load."""
     import psutil
@@ -134,7 +140,7 @@ def measure(cmd: list[str], env: dict | None = None, timeout: float = 7200) -> d
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
-        env={**os.environ, **(env or {})},
+        env={**_child_environment(), **(env or {})},
     )
     ps = psutil.Process(proc.pid)
     peak = {"pss": 0, "rss": 0}
