@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as `python benchmarks/data_bench.py`
     sys.path.insert(0, str(ROOT))
+from benchmarks.common import machine  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 HEADLINE = 200_000
 
@@ -190,26 +191,6 @@ def agreement(baseline_path: Path, raylm_dir: Path) -> dict:
         "common_rows": len(common),
         "same_text_norm": same,
         "row_agreement": round(len(common) / max(len(a), len(b), 1), 5),
-    }
-
-
-def machine() -> dict:
-    import psutil
-
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
     }
 
 

@@ -35,14 +35,12 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import signal
 import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import LoadSampler, machine  # noqa: E402
 from cluster.runtime import isolate_side_files  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -106,13 +105,14 @@ def text_token_stream(tokenizer, min_tokens: int) -> list[int]:
     return ids
 
 
-def make_requests(stream: list[int], n: int, prompt_range: tuple[int, int], out_range: tuple[int, int],
-                  rng: random.Random) -> list[Request]:
+def make_requests(
+    stream: list[int], n: int, prompt_range: tuple[int, int], out_range: tuple[int, int], rng: random.Random
+) -> list[Request]:
     reqs = []
     for _ in range(n):
         plen = rng.randint(*prompt_range)
         start = rng.randrange(0, len(stream) - plen)
-        reqs.append(Request(stream[start:start + plen], rng.randint(*out_range)))
+        reqs.append(Request(stream[start : start + plen], rng.randint(*out_range)))
     return reqs
 
 
@@ -133,18 +133,26 @@ def pct(values: list[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
-def summarize(system, workload, arrivals, c, results: list[Result], wall, rate=None,
-              load=None) -> Measurement:
+def summarize(
+    system, workload, arrivals, c, results: list[Result], wall, rate=None, load=None
+) -> Measurement:
     ok = [r for r in results if r.ok]
     out = sum(r.output_tokens for r in ok)
     return Measurement(
-        system=system, workload=workload, arrivals=arrivals, concurrency=c, requests=len(results),
-        output_tokens=out, wall_s=round(wall, 3), output_tok_s=round(out / wall, 2) if wall else 0.0,
+        system=system,
+        workload=workload,
+        arrivals=arrivals,
+        concurrency=c,
+        requests=len(results),
+        output_tokens=out,
+        wall_s=round(wall, 3),
+        output_tok_s=round(out / wall, 2) if wall else 0.0,
         ttft_p50_s=round(statistics.median([r.ttft_s for r in ok]), 4) if ok else float("nan"),
         ttft_p99_s=round(pct([r.ttft_s for r in ok], 0.99), 4),
         latency_p50_s=round(statistics.median([r.latency_s for r in ok]), 4) if ok else float("nan"),
         latency_p99_s=round(pct([r.latency_s for r in ok], 0.99), 4),
-        failed=len(results) - len(ok), rate_rps=round(rate, 4) if rate else None,
+        failed=len(results) - len(ok),
+        rate_rps=round(rate, 4) if rate else None,
         loadavg=[round(x, 2) for x in (load or os.getloadavg())],
     )
 
@@ -154,8 +162,15 @@ def summarize(system, workload, arrivals, c, results: list[Result], wall, rate=N
 
 
 async def _one_http(client, url: str, req: Request, arrival_abs: float, api_key: str | None) -> Result:
-    body = {"model": MODEL_NAME, "prompt": req.prompt_ids, "max_tokens": req.max_tokens, "temperature": 0,
-            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": MODEL_NAME,
+        "prompt": req.prompt_ids,
+        "max_tokens": req.max_tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     ttft, tokens = None, 0
     try:
@@ -248,8 +263,14 @@ def run_transformers(model, tok, reqs, arrivals, concurrency) -> tuple[list[Resu
         first = FirstToken()
         steps = max(reqs[i].max_tokens for i in batch)
         with torch.inference_mode():
-            model.generate(**enc, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
-                           stopping_criteria=StoppingCriteriaList([first]), pad_token_id=tok.pad_token_id)
+            model.generate(
+                **enc,
+                max_new_tokens=steps,
+                min_new_tokens=steps,
+                do_sample=False,
+                stopping_criteria=StoppingCriteriaList([first]),
+                pad_token_id=tok.pad_token_id,
+            )
         end = time.perf_counter()
         for i in batch:  # a plain generate() returns every sequence when the longest is done
             results[i] = Result(first.t - (t0 + arrivals[i]), end - (t0 + arrivals[i]), reqs[i].max_tokens)
@@ -265,7 +286,7 @@ def choose_threads(model, tok, stream: list[int], setting: str) -> dict:
     a 4 x (64 prompt + 16 output) batch, so the baseline is never handicapped by the machine's load."""
     import torch
 
-    probe = [Request(stream[i * 64:(i + 1) * 64], 16) for i in range(4)]
+    probe = [Request(stream[i * 64 : (i + 1) * 64], 16) for i in range(4)]
     if setting != "auto":
         torch.set_num_threads(int(setting))
         run_transformers(model, tok, probe[:1], [0.0], 1)  # warm-up
@@ -295,37 +316,27 @@ def engine_env(tcmalloc: bool, extra: dict[str, str] | None = None) -> dict[str,
     return env
 
 
-class LoadSampler:
-    """`os.getloadavg()` every few seconds while a system runs."""
-
-    def __init__(self, every: float = 5.0):
-        self.samples: list[tuple[float, float, float]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, args=(every,), daemon=True)
-
-    def _loop(self, every):
-        while not self._stop.is_set():
-            self.samples.append(os.getloadavg())
-            self._stop.wait(every)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    def summary(self) -> dict:
-        one = [s[0] for s in self.samples] or [os.getloadavg()[0]]
-        return {"load1_mean": round(statistics.mean(one), 2), "load1_max": round(max(one), 2),
-                "samples": len(one)}
-
-
-def start_vllm_server(model_path: str, engine_args: dict, port: int, log_path: Path, tcmalloc: bool,
-                      extra_env: dict[str, str] | None = None):
-    args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
-            "--served-model-name", MODEL_NAME, "--host", "127.0.0.1", "--port", str(port)]
+def start_vllm_server(
+    model_path: str,
+    engine_args: dict,
+    port: int,
+    log_path: Path,
+    tcmalloc: bool,
+    extra_env: dict[str, str] | None = None,
+):
+    args = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model_path,
+        "--served-model-name",
+        MODEL_NAME,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     for k, v in engine_args.items():
         flag = "--" + k.replace("_", "-")
         if v is True:
@@ -373,8 +384,11 @@ def replica_rss_gib() -> float | None:
 def parse_vllm_kv(log_text: str) -> dict:
     import re
 
-    m = re.search(r"KV cache size: ([\d,]+) tokens, Maximum concurrency for ([\d,]+) tokens per request: "
-                  r"([\d.]+)x", log_text)
+    m = re.search(
+        r"KV cache size: ([\d,]+) tokens, Maximum concurrency for ([\d,]+) tokens per request: "
+        r"([\d.]+)x",
+        log_text,
+    )
     if not m:
         return {}
     return {"kv_cache_size_tokens": int(m.group(1).replace(",", "")), "max_concurrency": float(m.group(3))}
@@ -384,7 +398,7 @@ async def _probe_queueing(url: str, metrics_url: str, n: int, stream: list[int])
     """Send n requests at once and poll vLLM's /metrics: the most sequences it ran before queueing."""
     import httpx
 
-    reqs = [Request(stream[i * 7:i * 7 + 64], 64) for i in range(n)]
+    reqs = [Request(stream[i * 7 : i * 7 + 64], 64) for i in range(n)]
     peak_before_wait, peak, first_wait_running = 0, 0, None
 
     async def poll(stop: asyncio.Event):
@@ -392,11 +406,17 @@ async def _probe_queueing(url: str, metrics_url: str, n: int, stream: list[int])
         async with httpx.AsyncClient(timeout=10) as c:
             while not stop.is_set():
                 text = (await c.get(metrics_url)).text
-                running = sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
-                              if ln.startswith("vllm:num_requests_running"))
-                waiting = sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
-                              if ln.startswith("vllm:num_requests_waiting{") or
-                              ln.startswith("vllm:num_requests_waiting "))
+                running = sum(
+                    float(ln.rsplit(" ", 1)[1])
+                    for ln in text.splitlines()
+                    if ln.startswith("vllm:num_requests_running")
+                )
+                waiting = sum(
+                    float(ln.rsplit(" ", 1)[1])
+                    for ln in text.splitlines()
+                    if ln.startswith("vllm:num_requests_waiting{")
+                    or ln.startswith("vllm:num_requests_waiting ")
+                )
                 peak = max(peak, running)
                 if waiting == 0 and first_wait_running is None:
                     peak_before_wait = max(peak_before_wait, running)
@@ -409,8 +429,12 @@ async def _probe_queueing(url: str, metrics_url: str, n: int, stream: list[int])
     await _run_http(url, reqs, [0.0] * n, n)
     stop.set()
     await poller
-    return {"requests_sent_at_once": n, "max_running_before_queueing": int(peak_before_wait),
-            "max_running": int(peak), "running_when_first_queued": first_wait_running}
+    return {
+        "requests_sent_at_once": n,
+        "max_running_before_queueing": int(peak_before_wait),
+        "max_running": int(peak),
+        "running_when_first_queued": first_wait_running,
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -425,14 +449,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--compile", action="store_true", help="let vLLM torch.compile (default: enforce_eager)")
     p.add_argument("--no-tcmalloc", action="store_true", help="do not LD_PRELOAD tcmalloc into vLLM")
-    p.add_argument("--hf-threads", default="auto", help="torch threads for the transformers baseline: a "
-                   "number, or `auto` = the faster of 1 and all cores on a short calibration (on a busy "
-                   "machine OpenMP's spinning makes all-cores up to 10x slower)")
-    p.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra vLLM engine argument for vllm and raylm (value parsed as YAML), repeatable")
-    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                   help="environment for the vLLM processes of vllm and raylm, e.g. "
-                   "VLLM_CPU_OMP_THREADS_BIND=0-1, repeatable")
+    p.add_argument(
+        "--hf-threads",
+        default="auto",
+        help="torch threads for the transformers baseline: a "
+        "number, or `auto` = the faster of 1 and all cores on a short calibration (on a busy "
+        "machine OpenMP's spinning makes all-cores up to 10x slower)",
+    )
+    p.add_argument(
+        "--engine-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra vLLM engine argument for vllm and raylm (value parsed as YAML), repeatable",
+    )
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment for the vLLM processes of vllm and raylm, e.g. "
+        "VLLM_CPU_OMP_THREADS_BIND=0-1, repeatable",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(RESULTS / "serve.json"))
     p.add_argument("--md", default=str(RESULTS / "serve.md"))
@@ -479,10 +517,20 @@ def main(argv: list[str] | None = None) -> int:
         key, _, value = item.partition("=")
         engine_extra[key] = yaml.safe_load(value)
     extra_env = dict(item.split("=", 1) for item in args.env)
-    cfg = ServeConfig.model_validate({
-        "port": free_port(), "models": [{
-            "name": MODEL_NAME, "path": model_path, "device": "cpu", "engine_args": engine_extra,
-            "targets": {"context_length": context, "concurrent_sequences": max(conc)}}]})
+    cfg = ServeConfig.model_validate(
+        {
+            "port": free_port(),
+            "models": [
+                {
+                    "name": MODEL_NAME,
+                    "path": model_path,
+                    "device": "cpu",
+                    "engine_args": engine_extra,
+                    "targets": {"context_length": context, "concurrent_sequences": max(conc)},
+                }
+            ],
+        }
+    )
     app_plan = plan_app(cfg)
     plan = app_plan.plans[MODEL_NAME]
     engine_args = {**plan.engine_args(), **engine_extra}
@@ -510,12 +558,23 @@ def main(argv: list[str] | None = None) -> int:
                     arrivals = [0.0] * len(reqs)
                 load0 = os.getloadavg()
                 results, wall = runner(reqs, arrivals, c)
-                m = summarize(system, workload, arrivals_kind, c, results, wall,
-                              rates.get(c) if arrivals_kind == "poisson" else None, load0)
+                m = summarize(
+                    system,
+                    workload,
+                    arrivals_kind,
+                    c,
+                    results,
+                    wall,
+                    rates.get(c) if arrivals_kind == "poisson" else None,
+                    load0,
+                )
                 measurements.append(m)
-                print(f"{system:>12} {workload}/{arrivals_kind:<7} c={c:<3} {m.output_tok_s:8.1f} tok/s  "
-                      f"TTFT p50 {m.ttft_p50_s:.2f}s p99 {m.ttft_p99_s:.2f}s  lat p50 {m.latency_p50_s:.2f}s "
-                      f"p99 {m.latency_p99_s:.2f}s  failed {m.failed}  load {m.loadavg[0]}", flush=True)
+                print(
+                    f"{system:>12} {workload}/{arrivals_kind:<7} c={c:<3} {m.output_tok_s:8.1f} tok/s  "
+                    f"TTFT p50 {m.ttft_p50_s:.2f}s p99 {m.ttft_p99_s:.2f}s  lat p50 {m.latency_p50_s:.2f}s "
+                    f"p99 {m.latency_p99_s:.2f}s  failed {m.failed}  load {m.loadavg[0]}",
+                    flush=True,
+                )
                 if system == "vllm" and workload == "mixed" and arrivals_kind == "burst":
                     rates[c] = 0.8 * len(reqs) / wall
 
@@ -533,8 +592,9 @@ def main(argv: list[str] | None = None) -> int:
             memory["vllm_server_rss_gib"] = tree_rss_gib(proc.pid)
             with LoadSampler() as load:
                 run_suite("vllm", lambda r, a, c: run_http(url, r, a, c))
-                queueing = asyncio.run(_probe_queueing(url, f"http://127.0.0.1:{port}/metrics",
-                                                       plan.max_num_seqs + 8, stream))
+                queueing = asyncio.run(
+                    _probe_queueing(url, f"http://127.0.0.1:{port}/metrics", plan.max_num_seqs + 8, stream)
+                )
             loads["vllm"] = load.summary()
         finally:
             stop_server(proc)
@@ -585,9 +645,11 @@ def main(argv: list[str] | None = None) -> int:
     ratios = {}
     for w, a in (("mixed", "burst"), ("mixed", "poisson"), ("equal", "burst")):
         r, v, t = tok_s("raylm", w, a), tok_s("vllm", w, a), tok_s("transformers", w, a)
-        ratios[f"{w}/{a}"] = {"raylm_over_transformers": round(r / t, 3) if r and t else None,
-                              "vllm_over_transformers": round(v / t, 3) if v and t else None,
-                              "overhead_vs_vllm": round(1 - r / v, 4) if r and v else None}
+        ratios[f"{w}/{a}"] = {
+            "raylm_over_transformers": round(r / t, 3) if r and t else None,
+            "vllm_over_transformers": round(v / t, 3) if v and t else None,
+            "overhead_vs_vllm": round(1 - r / v, 4) if r and v else None,
+        }
     if "vllm_reported" in kv and kv["vllm_reported"]:
         got = kv["vllm_reported"]["kv_cache_size_tokens"]
         kv["relative_error_vs_vllm_log"] = round(abs(kv["planned_tokens"] - got) / got, 5)
@@ -595,29 +657,27 @@ def main(argv: list[str] | None = None) -> int:
         got = kv["raylm_engine"]["kv_cache_size_tokens"]
         kv["relative_error_vs_raylm_engine"] = round(abs(kv["planned_tokens"] - got) / got, 5)
 
-    import psutil
     import ray
     import torch
     import vllm
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
     report = {
         "ratio": ratios["mixed/burst"]["raylm_over_transformers"],
         "overhead": ratios["mixed/burst"]["overhead_vs_vllm"],
         "ratios": ratios,
         "headline": f"mixed workload, all at once, concurrency {max(conc)}",
         "quick": args.quick,
-        "machine": {"cpu": cpu, "cores": os.cpu_count(),
-                    "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-                    "python": platform.python_version(), "torch": torch.__version__, "vllm": vllm.__version__,
-                    "ray": ray.__version__},
+        "machine": {**machine(), "vllm": vllm.__version__, "ray": ray.__version__},
         "transformers_baseline": hf_info,
         "loadavg": loads,
-        "workload": {"prompt_tokens": prompt_range, "output_tokens": out_range, "equal": equal,
-                     "requests_per_concurrency": n_for,
-                     "poisson_rate_rps": {c: round(r, 4) for c, r in rates.items()},
-                     "seed": args.seed},
+        "workload": {
+            "prompt_tokens": prompt_range,
+            "output_tokens": out_range,
+            "equal": equal,
+            "requests_per_concurrency": n_for,
+            "poisson_rate_rps": {c: round(r, 4) for c, r in rates.items()},
+            "seed": args.seed,
+        },
         "engine": {"args": engine_args, "tcmalloc": tcmalloc, "model": model_path, "env": extra_env},
         "startup_s": startup,
         "memory": memory,
@@ -639,7 +699,7 @@ def render_md(r: dict) -> str:
     lines = [
         "# Serving benchmark: raylm (Ray Serve + vLLM) vs vLLM alone vs transformers `generate`",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; torch {m['torch']}, "
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GiB; torch {m['torch']}, "
         f"vLLM {m['vllm']}, Ray {m['ray']}. {'Quick mode. ' if r['quick'] else ''}"
         f"Load average (1 min) during each system's run: {loads}. Other work on the machine slows every "
         "figure below.",
@@ -658,18 +718,33 @@ def render_md(r: dict) -> str:
     order = sorted(r["results"], key=lambda x: (x["workload"], x["arrivals"], x["concurrency"], x["system"]))
     for x in order:
         rate = f" {x['rate_rps']} rps" if x["rate_rps"] else ""
-        cells = [x["system"], x["workload"], x["arrivals"] + rate, x["concurrency"], x["requests"],
-                 f"{x['output_tok_s']:.1f}", f"{x['ttft_p50_s']:.2f}", f"{x['ttft_p99_s']:.2f}",
-                 f"{x['latency_p50_s']:.2f}", f"{x['latency_p99_s']:.2f}", x["failed"], x["loadavg"][0]]
+        cells = [
+            x["system"],
+            x["workload"],
+            x["arrivals"] + rate,
+            x["concurrency"],
+            x["requests"],
+            f"{x['output_tok_s']:.1f}",
+            f"{x['ttft_p50_s']:.2f}",
+            f"{x['ttft_p99_s']:.2f}",
+            f"{x['latency_p50_s']:.2f}",
+            f"{x['latency_p99_s']:.2f}",
+            x["failed"],
+            x["loadavg"][0],
+        ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     kv = r["kv_cache"]
     top = max(int(k) for k in r["workload"]["requests_per_concurrency"])
-    lines += ["", f"Ratios by workload (concurrency {top}): "
-              + "; ".join(f"{k}: {v}" for k, v in r["ratios"].items()), "",
-              f"KV capacity: planner {kv.get('planned_tokens')} tokens ({kv.get('planned_blocks')} blocks); "
-              f"vLLM logged {kv.get('vllm_reported', {}).get('kv_cache_size_tokens')}; raylm's engine "
-              f"{kv.get('raylm_engine', {}).get('kv_cache_size_tokens')}.",
-              f"Queueing probe (vLLM alone): {r['queueing']}.", ""]
+    lines += [
+        "",
+        f"Ratios by workload (concurrency {top}): " + "; ".join(f"{k}: {v}" for k, v in r["ratios"].items()),
+        "",
+        f"KV capacity: planner {kv.get('planned_tokens')} tokens ({kv.get('planned_blocks')} blocks); "
+        f"vLLM logged {kv.get('vllm_reported', {}).get('kv_cache_size_tokens')}; raylm's engine "
+        f"{kv.get('raylm_engine', {}).get('kv_cache_size_tokens')}.",
+        f"Queueing probe (vLLM alone): {r['queueing']}.",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -174,19 +174,29 @@ def rayjob(cfg: Recipe, recipe_text: str, overrides: list[str] | tuple[str, ...]
 
 def serve_config(cfg: Recipe, model: str, model_id: str | None = None, gpus: int = 1,
                  max_replicas: int = 4) -> dict:
-    """Ray Serve config (`serveConfigV2`): an OpenAI-compatible app over vLLM built by Ray's own
-    `ray.serve.llm:build_openai_app`, autoscaling from one replica."""
-    llm_config = {
-        "model_loading_config": {"model_id": model_id or cfg.name, "model_source": model},
-        "deployment_config": {"autoscaling_config": {"min_replicas": 1, "max_replicas": max_replicas,
-                                                     "target_ongoing_requests": 16}},
-        "engine_kwargs": {"tensor_parallel_size": gpus},
-    }
+    """Ray Serve config (`serveConfigV2`): raylm's own serving app (`serving.app:app_builder`: the app
+    `raylm serve` runs, with auth from `$RAYLM_API_KEYS`, the KV memory planner and raylm's metrics) over
+    vLLM, with the recipe's `serve` section when it has one (its first model's path replaced by `model`),
+    autoscaling from one replica."""
+    if cfg.serve is not None and cfg.serve.models:
+        serve = cfg.serve.model_dump(mode="json", exclude_defaults=True)
+        serve["models"][0]["path"] = model
+        if model_id:
+            serve["models"][0]["name"] = model_id
+    else:
+        serve = {"models": [{
+            "name": model_id or cfg.name,
+            "path": model,
+            "device": "gpu" if gpus else "cpu",
+            "autoscaling": {"min_replicas": 1, "max_replicas": max_replicas, "target_ongoing_requests": 16},
+            "engine_args": {"tensor_parallel_size": gpus} if gpus > 1 else {},
+        }]}
+    serve.pop("api_keys", None)  # never in a manifest: the pod's $RAYLM_API_KEYS (a Secret) holds them
     return {"applications": [{
         "name": "llm",
         "route_prefix": "/",
-        "import_path": "ray.serve.llm:build_openai_app",
-        "args": {"llm_configs": [llm_config]},
+        "import_path": "serving.app:app_builder",
+        "args": {"serve": serve},
     }]}
 
 

@@ -55,8 +55,9 @@ def isolate_side_files(home: Path | None = None) -> SideFolders:
     ray_temp = scratch / "ray"
     if len(str(ray_temp)) > _MAX_RAY_TEMP_LEN:
         # A deep $RAYLM_HOME would overflow the socket path limit: fall back to a short folder that is
-        # still ours and still removed at exit.
-        ray_temp = Path(tempfile.mkdtemp(prefix="raylm-")) / "ray"
+        # still ours and still removed at exit. `/tmp` explicitly: an inherited TMPDIR may be just as deep
+        # (a child process of a run inherits the run's scratch folder as TMPDIR).
+        ray_temp = Path(tempfile.mkdtemp(prefix="raylm-", dir="/tmp")) / "ray"
     wanted = {
         "NLTK_DATA": paths.nltk_data,
         "HF_HOME": cache / "huggingface",

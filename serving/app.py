@@ -210,6 +210,7 @@ def build_app(app_plan: AppPlan, api_key_digests: tuple[str, ...] = ()):
 
     from serving.auth import BearerAuthMiddleware
     from serving.deployments import RaylmIngress, RaylmLLMServer, openai_error_handler
+    from serving.metrics import RequestMetricsMiddleware
 
     cfg = app_plan.config
     deployments, cards, lora_paths, adapters = {}, {}, {}, {}
@@ -228,6 +229,7 @@ def build_app(app_plan: AppPlan, api_key_digests: tuple[str, ...] = ()):
     fastapi_app.add_exception_handler(StarletteHTTPException, openai_error_handler)
     if api_key_digests:
         fastapi_app.add_middleware(BearerAuthMiddleware, allowed_digests=api_key_digests)
+    fastapi_app.add_middleware(RequestMetricsMiddleware)  # added last = outermost: sees refused requests too
     ingress_cls = make_fastapi_ingress(RaylmIngress, app=fastapi_app)
     options = RaylmIngress.get_deployment_options(None)
     # The ingress only parses JSON and forwards it: half a CPU lets it share a 2-CPU node with an engine.
@@ -246,6 +248,25 @@ class RunningApp:
     """Model ids clients can send, adapters included (`<model>:<adapter>`)."""
     auth: bool
     started_s: float
+
+
+def app_builder(args: dict[str, Any]):
+    """Ray Serve application builder: the same app `raylm serve` starts (auth, memory planner, LoRA,
+    raylm's request metrics), for a Serve config file or a KubeRay RayService (`serveConfigV2`):
+
+        import_path: serving.app:app_builder
+        args: {serve: <a recipe's `serve` section>}
+
+    The plan is made where Serve runs the builder (the head node's controller), so its "available RAM"
+    is that node's; on a cluster, give `targets` (or engine `num_gpu_blocks_override`) explicitly. API
+    keys come from `$RAYLM_API_KEYS` in the pod (a Kubernetes Secret), never from the manifest."""
+    from serving.auth import digests
+    from serving.config import ServeConfig
+
+    if not isinstance(args, dict) or not isinstance(args.get("serve"), dict):
+        raise ValueError("serving.app:app_builder: args must be {serve: <the recipe's serve section>}")
+    cfg = ServeConfig.model_validate(args["serve"])
+    return build_app(plan_app(cfg), digests(cfg.resolved_api_keys()))
 
 
 def _http_address(cfg: ServeConfig) -> tuple[str, int]:

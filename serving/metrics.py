@@ -8,7 +8,9 @@ scrapes and the Ray dashboard reads. No extra exporter is needed.
 
 from __future__ import annotations
 
+import json
 import re
+import time
 import urllib.request
 from collections import defaultdict
 
@@ -27,6 +29,8 @@ KEY_METRICS = {
     "prefix cache hits": "ray_vllm_prefix_cache_hits_total",
     "running requests": "ray_vllm_num_requests_running",
     "waiting requests": "ray_vllm_num_requests_waiting",
+    "requests by model and outcome (raylm)": "ray_raylm_serve_requests_total",
+    "request latency by model (raylm)": "ray_raylm_serve_request_latency_seconds",
 }
 
 _LINE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(\{.*\})?\s+(\S+)")
@@ -80,3 +84,60 @@ def engine_kv_info(app_name: str, model: str, timeout_s: float = 60.0) -> dict:
 
     handle = serve.get_deployment_handle(f"LLMServer:{model}", app_name=app_name)
     return handle.kv_cache_info.remote().result(timeout_s=timeout_s)
+
+
+class RequestMetricsMiddleware:
+    """raylm's per-model request metrics (`raylm_serve_requests` by status, whole-request latency, time to
+    the first body chunk of a streamed answer), recorded in the ingress replica through
+    `pipelines.metrics`. Ray Serve's own HTTP metrics carry no model name; vLLM's carry no refused or
+    failed requests: this fills both gaps. Pure ASGI, so streaming responses pass through untouched.
+    Placed outside the auth middleware, so refused (401) requests are counted as `rejected`."""
+
+    # The request body is only peeked at for its "model" field; bodies past this size are not parsed.
+    MAX_PEEK = 1 << 16
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not str(scope.get("path", "")).startswith("/v1/"):
+            return await self.app(scope, receive, send)
+        from pipelines import metrics
+
+        t0 = time.perf_counter()
+        body = bytearray()
+        state: dict = {"status": 500, "first": None}
+
+        async def peek_receive():
+            message = await receive()
+            if message.get("type") == "http.request" and len(body) < self.MAX_PEEK:
+                body.extend(message.get("body", b"")[: self.MAX_PEEK - len(body)])
+            return message
+
+        async def timed_send(message):
+            if message["type"] == "http.response.start":
+                state["status"] = int(message["status"])
+            elif message["type"] == "http.response.body" and message.get("body") and state["first"] is None:
+                state["first"] = time.perf_counter() - t0
+            await send(message)
+
+        try:
+            await self.app(scope, peek_receive, timed_send)
+        finally:
+            model = request_model(bytes(body))
+            status = state["status"]
+            outcome = "ok" if status < 400 else ("rejected" if status < 500 else "error")
+            metrics.inc("serve_requests", 1, model=model, status=outcome)
+            if outcome == "ok":
+                metrics.observe("serve_request_latency_seconds", time.perf_counter() - t0, model=model)
+                if state["first"] is not None:
+                    metrics.observe("serve_time_to_first_token_seconds", state["first"], model=model)
+
+
+def request_model(body: bytes) -> str:
+    """The `model` field of an OpenAI request body, or "" (not JSON, no model, or a GET)."""
+    try:
+        value = json.loads(body).get("model") if body else None
+    except (ValueError, AttributeError):
+        return ""
+    return value[:200] if isinstance(value, str) else ""

@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from pipelines.data.config import DataConfig
 from pipelines.data.ops.base import ColumnType, StatRequest
-from pipelines.data.quarantine import write_quarantine
+from pipelines.data.quarantine import quarantine_unreadable_files, write_quarantine
 from pipelines.data.readers import (
     InputFiles,
     ParseSpec,
@@ -310,22 +310,8 @@ class RayEngine:
     def _quarantine_unreadable(self) -> None:
         for inp in self.inputs:
             if inp.unreadable:
-                write_quarantine(
-                    self.ctx.quarantine_dir,
-                    [
-                        {
-                            "reason": "unreadable_file",
-                            "input": inp.index,
-                            "source_file": path,
-                            "line": None,
-                            "raw": None,
-                            "detail": err[:2000],
-                        }
-                        for path, err in inp.unreadable.items()
-                    ],
-                    f"files{inp.index}",
-                )
-                self.reporter.send([(f"read:{inp.index}", {"unreadable_files": len(inp.unreadable)})])
+                count = quarantine_unreadable_files(self.ctx.quarantine_dir, inp.index, inp.unreadable)
+                self.reporter.send([(f"read:{inp.index}", {"unreadable_files": count})])
 
     def _timed(self, name: str, t0: float) -> None:
         self.timings[name] = round(time.perf_counter() - t0, 3)

@@ -14,11 +14,11 @@ import pyarrow as pa
 from pipelines.data.config import DataConfig
 from pipelines.data.engine import pandas_stats, parse_batch
 from pipelines.data.ops.dedup import bucket_edges, resolve_clusters
-from pipelines.data.quarantine import write_quarantine
+from pipelines.data.quarantine import quarantine_unreadable_files
 from pipelines.data.readers import (
     InputFiles,
     ParseSpec,
-    _decompress,
+    guard_corrupt_tail,
     read_arrow_batches,
     read_csv_rows,
     read_jsonl_lines,
@@ -30,26 +30,26 @@ from pipelines.data.steps import BatchContext, Step, run_steps, schema_after
 
 
 def _raw_tables(inp: InputFiles) -> Iterator[pa.Table]:
-    fs = inp.filesystem
     for path, file_id in zip(inp.files, inp.file_ids, strict=True):
-        if path in inp.unreadable:
-            continue
-        if inp.format == "parquet":
-            with fs.open_input_file(path) as f:
-                yield from read_arrow_batches(f, "parquet", file_id)
-            continue
-        with fs.open_input_stream(path) as raw:
-            f = _decompress(raw, path)
-            if inp.format == "jsonl":
-                yield from read_jsonl_lines(f, file_id)
-            elif inp.format == "csv":
-                yield from read_csv_rows(
-                    f, file_id, inp.config.encoding, "\t" if path.endswith(".tsv") else ","
-                )
-            elif inp.format == "text":
-                yield from read_text_units(f.read(), file_id, inp.config.text_unit)
-            else:
-                yield from read_arrow_batches(f, "hf", file_id)
+        if path not in inp.unreadable:
+            yield from guard_corrupt_tail(_file_tables(inp, path, file_id), file_id)
+
+
+def _file_tables(inp: InputFiles, path: str, file_id: int) -> Iterator[pa.Table]:
+    fs = inp.filesystem
+    if inp.format == "parquet":
+        with fs.open_input_file(path) as f:
+            yield from read_arrow_batches(f, "parquet", file_id)
+        return
+    with fs.open_input_stream(path) as f:  # `.gz` is decompressed by Arrow (compression="detect")
+        if inp.format == "jsonl":
+            yield from read_jsonl_lines(f, file_id)
+        elif inp.format == "csv":
+            yield from read_csv_rows(f, file_id, inp.config.encoding, "\t" if path.endswith(".tsv") else ",")
+        elif inp.format == "text":
+            yield from read_text_units(f.read(), file_id, inp.config.text_unit)
+        else:
+            yield from read_arrow_batches(f, "hf", file_id)
 
 
 def read_local(cfg: DataConfig, inputs: list[InputFiles], ctx: BatchContext) -> pd.DataFrame:
@@ -67,22 +67,8 @@ def read_local(cfg: DataConfig, inputs: list[InputFiles], ctx: BatchContext) -> 
             dict(zip(inp.file_ids, inp.files, strict=True)),
         )
         if inp.unreadable:
-            write_quarantine(
-                ctx.quarantine_dir,
-                [
-                    {
-                        "reason": "unreadable_file",
-                        "input": inp.index,
-                        "source_file": p,
-                        "line": None,
-                        "raw": None,
-                        "detail": e[:2000],
-                    }
-                    for p, e in inp.unreadable.items()
-                ],
-                f"files{inp.index}",
-            )
-            ctx.reporter.send([(f"read:{inp.index}", {"unreadable_files": len(inp.unreadable)})])
+            count = quarantine_unreadable_files(ctx.quarantine_dir, inp.index, inp.unreadable)
+            ctx.reporter.send([(f"read:{inp.index}", {"unreadable_files": count})])
         left = inp.config.limit
         for table in _raw_tables(inp):
             if left is not None:

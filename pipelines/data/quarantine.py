@@ -51,6 +51,27 @@ def write_quarantine(folder: str, records: list[dict[str, Any]], tag: str) -> st
     return path
 
 
+def quarantine_unreadable_files(folder: str, index: int, unreadable: dict[str, str]) -> int:
+    """One quarantine record per input file that could not be opened or listed (`unreadable` maps the
+    file to its error), so the Ray and the local engine report them the same way. Returns the count."""
+    write_quarantine(
+        folder,
+        [
+            {
+                "reason": "unreadable_file",
+                "input": index,
+                "source_file": path,
+                "line": None,
+                "raw": None,
+                "detail": err[:2000],
+            }
+            for path, err in unreadable.items()
+        ],
+        f"files{index}",
+    )
+    return len(unreadable)
+
+
 def read_quarantine(folder: str) -> list[dict[str, Any]]:
     """Every quarantined record in a stage's quarantine folder (for tests and `raylm status`)."""
     import pyarrow.fs as pafs

@@ -14,6 +14,7 @@ import csv
 import fnmatch
 import io
 import json
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from pipelines.assets import resolve_path
@@ -36,7 +38,10 @@ EXTENSIONS = {
 }
 FILE_ID_SHIFT = 32
 """row_id = file_id << 32 | record number in the file: unique, and ordered like the input."""
-CHUNK_BYTES = 4 << 20
+CHUNK_BYTES = 256 << 10
+"""JSON Lines are read this much at a time. Small enough that a file which breaks part-way (a truncated
+gzip: Arrow raises for the whole read that meets the break) loses at most this much before the break;
+large enough that the per-chunk Python work is noise next to parsing."""
 RECORDS_PER_BLOCK = 4096
 PROBE_RECORDS = 200
 
@@ -187,18 +192,27 @@ def _input_columns(inp: InputFiles) -> set[str] | None:
         return {"text"}
     if inp.format == "csv":
         cols: set[str] = set()
+        headers = 0
         for path in inp.files:
-            with fs.open_input_stream(path) as f:
-                head = f.read(1 << 16).decode(inp.config.encoding, errors="replace")
+            try:
+                with fs.open_input_stream(path) as f:
+                    head = f.read(1 << 16).decode(inp.config.encoding, errors="replace")
+            except _CORRUPT_TAIL:
+                continue  # broken part-way: the read keeps its good rows and quarantines the break
             reader = csv.reader(io.StringIO(head), delimiter="\t" if path.endswith(".tsv") else ",")
-            cols |= set(next(reader, []))
-        return cols
+            header = next(reader, [])
+            headers += bool(header)
+            cols |= set(header)
+        return cols if headers else None  # only empty files: no records, nothing to check
     if inp.format == "jsonl":
         cols = set()
         seen = 0
         for path in inp.files:
-            with fs.open_input_stream(path) as f:
-                head = _decompress(f, path).read(1 << 20)
+            try:  # Arrow's `open_input_stream` decompresses `.gz` itself (compression="detect")
+                with fs.open_input_stream(path) as f:
+                    head = f.read(1 << 20)
+            except _CORRUPT_TAIL:
+                continue  # broken part-way: the read keeps its good records and quarantines the break
             for line in head.splitlines()[:PROBE_RECORDS]:
                 try:
                     rec = json.loads(line)
@@ -270,14 +284,6 @@ def probe_inputs(cfg: DataConfig, inputs: list[InputFiles]) -> list[str]:
 # Reading: raw records with their file and line.
 
 
-def _decompress(f, path: str):
-    if path.endswith(".gz"):
-        import gzip
-
-        return gzip.GzipFile(fileobj=f)
-    return f
-
-
 RAW_SCHEMA = pa.schema(
     [("_file_id", pa.int64()), ("_line", pa.int64()), ("_raw", pa.binary()), ("_error", pa.string())]
 )
@@ -295,6 +301,27 @@ def _raw_block(
         ],
         schema=RAW_SCHEMA,
     )
+
+
+# What a file that breaks part-way raises while it is streamed: a truncated gzip (OSError from Arrow's
+# decompressor, EOFError from Python's gzip), a corrupt deflate block (zlib.error), a Parquet/Arrow file
+# cut short (ArrowInvalid).
+_CORRUPT_TAIL = (OSError, EOFError, zlib.error, pa.ArrowInvalid)
+
+
+def guard_corrupt_tail(blocks: Iterator[pa.Table], file_id: int) -> Iterator[pa.Table]:
+    """Pass a file's record blocks through; when the file breaks part-way, keep what was read and add one
+    `corrupt_file` record (quarantined, with the error and the line after the last good record) instead of
+    failing the whole read task, so the run completes and the loss is counted."""
+    last_line = 0
+    try:
+        for block in blocks:
+            if block.num_rows:
+                lines = block.column("_line")
+                last_line = max(last_line, int(pc.max(lines).as_py() or 0))
+            yield block
+    except _CORRUPT_TAIL as exc:
+        yield _raw_block([file_id], [last_line + 1], [None], [f"corrupt_file: {type(exc).__name__}: {exc}"])
 
 
 def read_jsonl_lines(stream, file_id: int) -> Iterator[pa.Table]:
@@ -433,6 +460,9 @@ def make_datasource(inp: InputFiles):
 
         def _read_stream(self, f: pa.NativeFile, path: str) -> Iterator[pa.Table]:
             file_id = ids.get(path, ids.get(path.removeprefix("/"), -1))
+            yield from guard_corrupt_tail(self._blocks(f, path, file_id), file_id)
+
+        def _blocks(self, f: pa.NativeFile, path: str, file_id: int) -> Iterator[pa.Table]:
             if fmt == "jsonl":
                 yield from read_jsonl_lines(f, file_id)  # .gz is decompressed by the opener
             elif fmt == "csv":

@@ -146,6 +146,10 @@ def run_clean(
     stats["wall_s"] = round(time.perf_counter() - t0, 3)
     stats["timings"] = engine.timings
     write_json_atomic(join(out_dir, STATS), stats)
+    from pipelines import metrics
+
+    metrics.set_gauge("data_rows_per_second", stats["rows_in"] / max(stats["wall_s"], 1e-9), stage="data",
+                      step="all")
     if not stats["balanced"]:
         log(f"warning: row accounting does not balance ({stats['identity']}); a task was probably retried")
     log(f"  {stats['identity']}")

@@ -42,6 +42,7 @@ class Reporter:
     def send(self, reports: list[tuple[str, dict[str, int]]]) -> None:
         if not reports:
             return
+        export_metrics(reports)
         if self.remote:
             import ray
 
@@ -55,6 +56,21 @@ class Reporter:
 
             return ray.get(self.collector.snapshot.remote())
         return self.collector.snapshot()
+
+
+def export_metrics(reports: list[tuple[str, dict[str, int]]]) -> None:
+    """The same counts as raylm's Ray metrics (`raylm_data_rows`, `raylm_data_rows_dropped` by reason), so a
+    running data stage shows up in the Ray dashboard / Prometheus, not only in stats.json at the end.
+    Outside Ray this records nothing (pipelines/metrics.py)."""
+    from pipelines import metrics
+
+    for step, counts in reports:
+        if counts.get("rows_in"):
+            metrics.inc("data_rows", counts["rows_in"], stage="data", step=step)
+        for key, value in counts.items():
+            kind, _, reason = key.partition(":")
+            if value and kind in ("drop", "quarantine"):
+                metrics.inc("data_rows_dropped", value, stage="data", step=step, reason=f"{kind}:{reason}")
 
 
 def remote_reporter() -> Reporter:

@@ -15,11 +15,13 @@ Preset = dict[str, Any]
 
 DECODER: dict[str, Preset] = {
     # Llama-style: RMSNorm, SwiGLU MLP, rotary positions, grouped-query attention.
+    # head_dim 32: vLLM's CPU attention supports head sizes 32, 64, 80, ... (16 is refused at the first
+    # decode step), and the tiny model must load there too (tests/integration/test_pretrain_vllm.py).
     "tiny": dict(
         hidden_size=64,
         num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
+        num_heads=2,
+        num_kv_heads=1,
         intermediate_size=176,
         max_position_embeddings=512,
         tie_word_embeddings=True,

@@ -9,6 +9,7 @@ one (`ray.train.get_checkpoint()`) and continues from its step.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import resource
@@ -55,6 +56,13 @@ def _memory_gb(on_gpu: bool) -> tuple[float, float]:
     return rss, max(peak, rss)
 
 
+def _rank0_timer(rank: int, op: str, tags: dict[str, str]):
+    """Checkpoint save/load time into raylm's `checkpoint_seconds` histogram, once per step (rank 0)."""
+    from pipelines import metrics
+
+    return metrics.timed("checkpoint_seconds", op=op, **tags) if rank == 0 else contextlib.nullcontext()
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train's per-worker function; `config` is what `pipelines.train.stage` builds."""
     import ray.train
@@ -70,6 +78,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import torch
     import torch.distributed as dist
 
+    from pipelines import metrics
     from pipelines.models import ModelConfig, Vocab, build_model
     from pipelines.train.config import PretrainConfig
     from pipelines.train.ds_config import deepspeed_config, make_optimizer, make_scheduler
@@ -111,9 +120,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     # ---- resume
     state = {"step": 0, "tokens": 0, "micro_batches": 0, "train_s": 0.0}
+    tags = {"run": str(config.get("run", "")), "phase": str(config.get("phase", "pretrain"))}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as d:
+        with checkpoint.as_directory() as d, _rank0_timer(rank, "load", tags):
             _, client = engine.load_checkpoint(d, tag=STATE_TAG)
         state.update((client or {}).get(CLIENT_STATE, {}))
     start_step = state["step"]
@@ -121,8 +131,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         print(f"[raylm] resumed from checkpoint at step {start_step}", flush=True)
 
     # ---- the matmul peak this worker group can reach (MFU's denominator)
-    peak = torch.tensor([matmul_peak(precision, str(device) if on_gpu else "cpu")], dtype=torch.float64,
-                        device=device)
+    peak = torch.tensor(
+        [matmul_peak(precision, str(device) if on_gpu else "cpu")], dtype=torch.float64, device=device
+    )
     dist.all_reduce(peak)
     peak_total = float(peak.item())
     flops_per_step = config["train_flops_per_sequence"] * cfg.global_batch
@@ -178,15 +189,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     sink = config.get("sink")
 
     def send(record: dict[str, Any]) -> None:
-        if rank == 0 and sink is not None:
+        if rank != 0:
+            return
+        if sink is not None:
             sink.put.remote(record)
+        if record.get("kind") == "train":  # beside Ray's own metrics in the dashboard / Prometheus
+            metrics.set_gauge("train_loss", record["loss"], **tags)
+            metrics.set_gauge("train_tokens_per_second", record["tokens_per_s"], **tags)
+            metrics.set_gauge("train_mfu", record["mfu"], **tags)
 
-    def save(metrics: dict[str, Any], final: bool) -> None:
+    def save(report: dict[str, Any], final: bool) -> None:
         with tempfile.TemporaryDirectory(prefix="raylm-ckpt-") as d:
-            engine.save_checkpoint(d, tag=STATE_TAG, client_state={CLIENT_STATE: dict(state)})
+            with _rank0_timer(rank, "save", tags):
+                engine.save_checkpoint(d, tag=STATE_TAG, client_state={CLIENT_STATE: dict(state)})
             if final:
                 export_hf(engine, model_cfg, Path(d) / HF_EXPORT, rank, cfg.zero_stage)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+            ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(d))
 
     fail_at = config.get("fail_at_step")
     fail_marker = config.get("fail_marker")
@@ -224,6 +242,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             tokens = int(sync[2])
             attempt_s = float(sync[3]) / world  # the same number on every rank: stop decisions agree
             state.update(step=step, tokens=state["tokens"] + tokens, train_s=train_s_before + attempt_s)
+            if rank == 0:
+                metrics.inc("train_steps", 1, **tags)
             acc.zero_()
             mem_now, mem_peak = _memory_gb(on_gpu)
             grad_norm = engine.get_global_grad_norm()

@@ -67,7 +67,9 @@ def dedupe(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 class Monitor:
     """Drains the sink into a progress bar and the lasting log while training runs."""
 
-    def __init__(self, sink, log_uri: str, max_steps: int, log: Callable[[str], None] = print):
+    def __init__(
+        self, sink, log_uri: str, max_steps: int, log: Callable[[str], None] = print, desc: str = "pretrain"
+    ):
         from tqdm import tqdm
 
         self.sink, self.log_uri, self.log = sink, log_uri, log
@@ -75,7 +77,7 @@ class Monitor:
         self.final: dict[str, Any] | None = None
         self.bar = tqdm(
             total=max_steps,
-            desc="pretrain",
+            desc=desc,
             unit="step",
             file=sys.stderr,
             dynamic_ncols=True,
@@ -100,11 +102,9 @@ class Monitor:
                 self._heldout = r.get("heldout_loss")
             elif r.get("kind") == "train":
                 self.bar.n = r["step"]
-                post = {
-                    "loss": f"{r['loss']:.3f}",
-                    "tok/s": f"{r['tokens_per_s']:,.0f}",
-                    "mfu": f"{100 * r['mfu']:.1f}%",
-                }
+                post = {"loss": f"{r['loss']:.3f}", "tok/s": f"{r['tokens_per_s']:,.0f}"}
+                if r.get("mfu") is not None:  # fine-tuning records have no MFU
+                    post["mfu"] = f"{100 * r['mfu']:.1f}%"
                 if self._heldout is not None:
                     post["heldout"] = f"{self._heldout:.3f}"
                 self.bar.set_postfix(post, refresh=False)
@@ -123,8 +123,10 @@ class Monitor:
         self.bar.close()
 
 
-def write_tensorboard(records: list[dict[str, Any]], folder: str) -> bool:
-    """TensorBoard event files of the records (tensorboardX, which ray[train] installs)."""
+def write_tensorboard(
+    records: list[dict[str, Any]], folder: str, prefix: str = "pretrain", extra_keys: tuple[str, ...] = ()
+) -> bool:
+    """TensorBoard event files of the records (tensorboardX, which ray[train] installs), as `prefix/key`."""
     try:
         from tensorboardX import SummaryWriter
     except ImportError:
@@ -140,12 +142,13 @@ def write_tensorboard(records: list[dict[str, Any]], folder: str) -> bool:
         "memory_gb",
         "heldout_loss",
         "heldout_ppl",
+        *extra_keys,
     )
     for r in records:
         for k in keys:
             v = r.get(k)
             if isinstance(v, int | float) and math.isfinite(v):
-                writer.add_scalar(f"pretrain/{k}", v, global_step=r["step"])
+                writer.add_scalar(f"{prefix}/{k}", v, global_step=r["step"])
     writer.close()
     return True
 

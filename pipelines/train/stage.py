@@ -77,8 +77,11 @@ def check_vocab(model: ModelConfig, pretrain: PretrainConfig, tokenizer_size: in
     return []
 
 
-def check_layout(pretrain: PretrainConfig, resources: dict[str, float] | None) -> list[str]:
-    """Workers, CPUs and GPUs against the cluster; ZeRO against the layout."""
+def check_layout(
+    pretrain: PretrainConfig, resources: dict[str, float] | None, section: str = "pretrain"
+) -> list[str]:
+    """Workers, CPUs and GPUs against the cluster; ZeRO against the layout. `pretrain` is any section with
+    num_workers, use_gpu, cpus_per_worker and precision (the finetune section too); `section` names it."""
     problems = []
     if resources is None:
         return problems
@@ -86,17 +89,18 @@ def check_layout(pretrain: PretrainConfig, resources: dict[str, float] | None) -
     use_gpu = pretrain.use_gpu if pretrain.use_gpu is not None else gpus > 0
     if use_gpu and gpus < pretrain.num_workers:
         problems.append(
-            f"pretrain.num_workers: {pretrain.num_workers} GPU workers but the cluster has {int(gpus)} GPU(s)"
+            f"{section}.num_workers: {pretrain.num_workers} GPU workers but the cluster has "
+            f"{int(gpus)} GPU(s)"
         )
     cpus = resources.get("CPU", 0)
     if pretrain.num_workers * pretrain.cpus_per_worker > cpus:
         need = pretrain.num_workers * pretrain.cpus_per_worker
         problems.append(
-            f"pretrain.num_workers: {pretrain.num_workers} workers x {pretrain.cpus_per_worker:g} "
-            f"CPU (pretrain.cpus_per_worker) need {need:g} CPUs but the cluster has {cpus:g}"
+            f"{section}.num_workers: {pretrain.num_workers} workers x {pretrain.cpus_per_worker:g} "
+            f"CPU ({section}.cpus_per_worker) need {need:g} CPUs but the cluster has {cpus:g}"
         )
     if pretrain.precision == "fp16" and not use_gpu:
-        problems.append("pretrain.precision: fp16 needs GPU workers; CPU workers train in bf16 or fp32")
+        problems.append(f"{section}.precision: fp16 needs GPU workers; CPU workers train in bf16 or fp32")
     return problems
 
 
@@ -172,15 +176,18 @@ def _datasets(data: TokenData, eval_rows: int):
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
+    saved = ctx.use_datasource_v2, ctx.enable_progress_bars
     # The V1 Parquet reader lists files in the driver; V2's listing runs as a 1-CPU task that can never
-    # schedule when the Train workers hold every CPU (a 2-CPU machine with 2 workers).
-    ctx.use_datasource_v2 = False
-    ctx.enable_progress_bars = False
-    # Reading is light: 0-CPU read tasks run beside the workers instead of waiting for a free CPU.
-    args = {"num_cpus": 0}
-    out = {"train": ray.data.read_parquet(data.train_dir, **args)}
-    if data.heldout_rows and eval_rows:
-        out["heldout"] = ray.data.read_parquet(data.heldout_dir, **args).limit(eval_rows)
+    # schedule when the Train workers hold every CPU (a 2-CPU machine with 2 workers). Each dataset keeps
+    # a copy of the context it was made under, so the process-wide settings are restored after.
+    ctx.use_datasource_v2, ctx.enable_progress_bars = False, False
+    try:
+        # Reading is light: 0-CPU read tasks run beside the workers instead of waiting for a free CPU.
+        out = {"train": ray.data.read_parquet(data.train_dir, num_cpus=0)}
+        if data.heldout_rows and eval_rows:
+            out["heldout"] = ray.data.read_parquet(data.heldout_dir, num_cpus=0).limit(eval_rows)
+    finally:
+        ctx.use_datasource_v2, ctx.enable_progress_bars = saved
     return out
 
 
@@ -258,6 +265,7 @@ def run_pretrain(
         "seed": seed,
         "on_gpu": on_gpu,
         "sink": sink,
+        "run": name,  # the `run` tag of raylm's Ray metrics (pipelines/metrics.py)
         "train_rows": data.train_rows,
         "heldout_rows": eval_rows,
         "train_flops_per_sequence": flops_seq,

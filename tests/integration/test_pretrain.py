@@ -108,22 +108,31 @@ def test_decoder_zero2_survives_a_worker_failure_resumes_on_rerun_and_exports(
 
 
 @pytest.mark.parametrize(
-    "family,zero,cls",
-    [("encoder-decoder", 1, "T5ForConditionalGeneration"), ("encoder", 3, "BertForMaskedLM")],
+    "family,zero,cls,extra",
+    [
+        # T5: stopped by the time budget after its first step (max_steps is far away)
+        ("encoder-decoder", 1, "T5ForConditionalGeneration", {"max_steps": 50, "time_budget_s": 0.01}),
+        # BERT: ZeRO-3 (the export gathers the partitioned weights), activation checkpointing, 2 micro-batches
+        # accumulated per step
+        ("encoder", 3, "BertForMaskedLM",
+         {"max_steps": 1, "activation_checkpointing": True, "grad_accum_steps": 2}),
+    ],
 )
-def test_denoising_families_train_a_step_and_export(ray_cluster, tokens, tmp_path, family, zero, cls):
-    """One worker each (a worker group's start-up dominates on 2 cores); ZeRO-3's export gathers the
-    partitioned weights."""
+def test_denoising_families_train_a_step_and_export(ray_cluster, tokens, tmp_path, family, zero, cls, extra):
+    """One worker each: a worker group's start-up dominates on 2 cores."""
     import transformers
 
     run_dir = tmp_path / "run"
-    cfg = parse_recipe(
-        recipe(run_dir, tokens, family, zero_stage=zero, max_steps=1, warmup_steps=0, num_workers=1)
-    )
+    cfg = parse_recipe(recipe(run_dir, tokens, family, zero_stage=zero, warmup_steps=0, num_workers=1,
+                              **extra))
     run_recipe(cfg, only={"pretrain"})
     stage = run_dir / "pretrain"
     summary = json.loads((stage / "summary.json").read_text())
     assert summary["step"] == 1 and 0 < summary["loss"] < 10
+    assert summary["stop_reason"] == ("time_budget_s" if "time_budget_s" in extra else "max_steps")
+    (record,) = [r for r in records(stage) if r["kind"] == "train"]
+    accum = extra.get("grad_accum_steps", 1)  # micro-batches of 4 rows x 64; only the last row is padded
+    assert 256 * (accum - 1) < record["tokens"] <= 256 * accum
     model = getattr(transformers, cls).from_pretrained(stage / "model")
     tok = transformers.AutoTokenizer.from_pretrained(stage / "model")
     assert model.config.vocab_size >= len(tok)

@@ -53,7 +53,7 @@ def test_exported_decoder_loads_in_vllm(tmp_path):
     out = subprocess.run([sys.executable, str(script), str(folder)], capture_output=True, text=True, env=env,
                          timeout=600)
     line = next((x for x in out.stdout.splitlines() if x.startswith("TOKENS ")), None)
-    assert line is not None, out.stderr[-3000:]
+    assert line is not None, (out.stdout + out.stderr)[-12000:]
     import json
 
     got = json.loads(line.removeprefix("TOKENS "))

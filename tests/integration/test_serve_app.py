@@ -257,6 +257,11 @@ def test_metrics_reach_rays_metrics_endpoint(client, served):
     assert total(samples, "ray_vllm_generation_tokens_total") > 0
     assert total(samples, "ray_serve_num_http_requests_total") > 0
     assert total(samples, "ray_vllm_time_to_first_token_seconds_count") > 0
+    # raylm's own request metrics (serving/metrics.py RequestMetricsMiddleware): per model and outcome;
+    # the auth test's refused requests are counted as rejected
+    assert total(samples, "ray_raylm_serve_requests_total", 'model="smollm2"') >= 2
+    assert total(samples, "ray_raylm_serve_requests_total", 'status="rejected"') > 0
+    assert total(samples, "ray_raylm_serve_request_latency_seconds_count", 'model="smollm2"') >= 2
 
 
 def test_two_models_become_two_deployments_behind_one_ingress(served):
@@ -264,12 +269,13 @@ def test_two_models_become_two_deployments_behind_one_ingress(served):
     per module is the budget); each model keeps its own replicas/autoscaling and engine arguments."""
     from serving.app import build_app, plan_app
     from serving.auth import digests
+    from serving.config import AutoscalingConfig
 
     cfg = served["cfg"].model_copy(update={"models": [
         served["cfg"].models[0].model_copy(update={"lora_adapters": [], "replicas": 2}),
         served["cfg"].models[0].model_copy(update={
             "name": "smollm2-long", "lora_adapters": [],
-            "autoscaling": {"min_replicas": 0, "max_replicas": 3},
+            "autoscaling": AutoscalingConfig(min_replicas=0, max_replicas=3),
             "targets": served["cfg"].models[0].targets.model_copy(update={"context_length": 2048})}),
     ]})
     app_plan = plan_app(cfg)
@@ -283,3 +289,18 @@ def test_two_models_become_two_deployments_behind_one_ingress(served):
     assert engines["a"]["max_model_len"] == 1024 and engines["b"]["max_model_len"] == 2048
     assert engines["b"]["kv_cache_memory_bytes"] == app_plan.plans["smollm2-long"].kv_cache_bytes
     assert ingress.ray_actor_options["num_cpus"] == 0.5
+
+
+def test_app_builder_builds_the_same_app_from_a_serve_section(served):
+    """What a RayService's `serveConfigV2` runs (`import_path: serving.app:app_builder`, cluster/k8s.py):
+    raylm's ingress and one LLM deployment per model, from the recipe's serve section as plain data."""
+    from ray.serve import Application
+
+    from serving.app import app_builder
+
+    model = served["cfg"].models[0]
+    built = app_builder({"serve": {"models": [{"name": "m", "path": model.path, "device": "cpu"}]}})
+    assert isinstance(built, Application)
+    assert built._bound_deployment.name == "OpenAiIngress"
+    with pytest.raises(ValueError, match="args must be"):
+        app_builder({"llm_configs": []})

@@ -71,7 +71,7 @@ def test_fields_of_another_family_are_refused_by_name():
     ):
         ModelConfig(overrides={"rms_norm_esp": 1e-5})
     with pytest.raises(ValidationError, match="num_kv_heads=3 must divide num_heads=4"):
-        ModelConfig(preset="tiny", num_kv_heads=3)
+        ModelConfig(preset="tiny", num_heads=4, num_kv_heads=3)
 
 
 def test_vocab_comes_from_the_tokenizer_and_a_smaller_one_is_refused():
