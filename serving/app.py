@@ -157,6 +157,8 @@ def plan_app(cfg: ServeConfig, *, check_arch: bool = True) -> AppPlan:
 def engine_kwargs(model: ServeModelConfig, plan: ServePlan) -> dict[str, Any]:
     """The plan's engine arguments, LoRA switches, then the recipe's own `engine_args` (they win)."""
     kwargs = plan.engine_args()
+    # safetensors only: vLLM's default "auto" falls back to pickle-based .bin files (torch.load)
+    kwargs["load_format"] = "safetensors"
     lora = lora_needs(model)
     if lora:
         kwargs.update(enable_lora=True, max_loras=lora[0], max_lora_rank=lora[1])
@@ -210,6 +212,7 @@ def build_app(app_plan: AppPlan, api_key_digests: tuple[str, ...] = ()):
 
     from serving.auth import BearerAuthMiddleware
     from serving.deployments import RaylmIngress, RaylmLLMServer, openai_error_handler
+    from serving.limits import RequestLimitsMiddleware
     from serving.metrics import RequestMetricsMiddleware
 
     cfg = app_plan.config
@@ -227,9 +230,14 @@ def build_app(app_plan: AppPlan, api_key_digests: tuple[str, ...] = ()):
 
     fastapi_app = init_fastapi()
     fastapi_app.add_exception_handler(StarletteHTTPException, openai_error_handler)
+    # Starlette runs the middleware added last first: metrics (sees every outcome) -> auth (an
+    # unauthenticated body is never buffered) -> limits (size, nesting, slow bodies) -> the OpenAI routes.
+    fastapi_app.add_middleware(RequestLimitsMiddleware, max_body_bytes=cfg.max_request_bytes,
+                               max_json_depth=cfg.max_json_depth, body_timeout_s=cfg.request_body_timeout_s,
+                               max_choices=cfg.max_choices)
     if api_key_digests:
         fastapi_app.add_middleware(BearerAuthMiddleware, allowed_digests=api_key_digests)
-    fastapi_app.add_middleware(RequestMetricsMiddleware)  # added last = outermost: sees refused requests too
+    fastapi_app.add_middleware(RequestMetricsMiddleware)
     ingress_cls = make_fastapi_ingress(RaylmIngress, app=fastapi_app)
     options = RaylmIngress.get_deployment_options(None)
     # The ingress only parses JSON and forwards it: half a CPU lets it share a 2-CPU node with an engine.

@@ -166,6 +166,18 @@ class ServeConfig(SectionConfig):
     api_keys_env: str = "RAYLM_API_KEYS"
     """Environment variable holding comma-separated API keys, read when the app starts (added to
     `api_keys`)."""
+    max_request_bytes: int = Field(default=4 << 20, ge=1024)
+    """Largest request body accepted (bytes); larger ones get 413 before the body is buffered further.
+    4 MiB holds a prompt far longer than any context the engines accept."""
+    max_json_depth: int = Field(default=64, ge=2)
+    """Deepest nesting of JSON arrays/objects accepted in a request body (deeper: 400). OpenAI requests
+    nest 4-6 levels; a body nested thousands deep would exhaust the parser's recursion."""
+    max_choices: int = Field(default=16, ge=1)
+    """Largest `n` (and `best_of`) a request may ask for (larger: 400): one request for thousands of choices
+    would hold an engine for minutes."""
+    request_body_timeout_s: float = Field(default=30, gt=0)
+    """A client that has not sent its whole body within this many seconds gets 408 (a slow client
+    cannot hold a connection and its buffer forever)."""
     sample_prompts: list[str] = []
     """Chat messages sent through the API at the end of a pipeline run (`raylm run`); the answers,
     latencies and throughput go into the stage's manifest."""

@@ -15,6 +15,7 @@ This module is imported inside Ray workers; it must stay importable without the 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from typing import Any
 
@@ -84,6 +85,9 @@ class RaylmIngress(OpenAiIngress):
         return listed
 
 
+_SAFE_ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
 class AdapterLoader(LoraModelLoader):
     """Resolves `<model>:<adapter>` to a folder vLLM can load: the recipe's local folder as is, an
     object-store URI downloaded once per replica (Ray Serve LLM's downloader, boto3 for s3://)."""
@@ -95,7 +99,12 @@ class AdapterLoader(LoraModelLoader):
         self._adapters = dict(adapters or {})
 
     async def load_model_from_config(self, lora_model_id: str, llm_config) -> DiskMultiplexConfig:
-        path = self._adapters.get(get_lora_id(lora_model_id))
+        lora_id = get_lora_id(lora_model_id)
+        if not _SAFE_ADAPTER_NAME.fullmatch(lora_id) or set(lora_id) <= {"."}:
+            # the name becomes a path under `lora_dynamic_path`: nothing that could leave that root
+            raise HTTPException(400, f'LoRA adapter name "{lora_id[:100]}" is not allowed (letters, digits, '
+                                     "'.', '_' and '-' only)")
+        path = self._adapters.get(lora_id)
         if path is None:
             if llm_config.lora_config and llm_config.lora_config.dynamic_lora_loading_path:
                 return await super().load_model_from_config(lora_model_id, llm_config)

@@ -130,9 +130,17 @@ class ModelSpec:
         with fs2.open_input_stream(cfg_file) as f:
             config = json.loads(f.read().decode("utf-8"))
         files = fs.get_file_info(pafs.FileSelector(root, recursive=False))
-        weights = [f for f in files if f.base_name.endswith((".safetensors", ".bin", ".pt"))
-                   and f.type == pafs.FileType.File]
+        weights = [f for f in files if f.base_name.endswith(".safetensors") and f.type == pafs.FileType.File]
         if not weights:
+            pickled = [f.base_name for f in files if f.base_name.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+            if pickled:
+                # torch.load files are pickles: loading one can run code. Only safetensors are served.
+                shown = ", ".join(sorted(pickled)[:3])
+                raise PlanError(
+                    f"model {name!r}: {path} has only pickle-based weights ({shown}); "
+                    "raylm serves safetensors only. Convert once where you trust the file: "
+                    "AutoModelForCausalLM.from_pretrained(path).save_pretrained(out, safe_serialization=True)"
+                )
             raise PlanError(f"model {name!r}: {path} has config.json but no weight files (*.safetensors)")
         return cls.from_config(config, sum(f.size or 0 for f in weights), name=name)
 

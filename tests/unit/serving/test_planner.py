@@ -156,5 +156,8 @@ def test_reads_a_model_folder(smollm2_folder, tmp_path):
     make_model_folder(tmp_path / "noweights", SMOLLM2, 0).joinpath("model.safetensors").unlink()
     with pytest.raises(PlanError, match="no weight files"):
         ModelSpec.from_folder(str(tmp_path / "noweights"), name="e")
+    (tmp_path / "noweights" / "pytorch_model.bin").write_bytes(b"a pickle")  # never loaded: refused
+    with pytest.raises(PlanError, match="only pickle-based weights .pytorch_model.bin.*safetensors only"):
+        ModelSpec.from_folder(str(tmp_path / "noweights"), name="e")
     with pytest.raises(PlanError, match="MLA"):
         plan_model(ModelSpec.from_config({**SMOLLM2, "kv_lora_rank": 512}, 1), PlanTargets(), CPU16)
