@@ -18,10 +18,12 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
+from pipelines.compress.config import CompressConfig
 from pipelines.config_base import SectionConfig
 from pipelines.data.config import DataConfig, TokenizerConfig
 from pipelines.models.config import ModelConfig
 from pipelines.train.config import PretrainConfig
+from pipelines.train.finetune_config import FinetuneConfig
 from serving.config import ServeConfig
 
 
@@ -73,6 +75,15 @@ class Recipe(SectionConfig):
     """The pretrain stage (`raylm pretrain`): Ray Train + DeepSpeed on the tokenize stage's sequences ->
     `<run>/pretrain/` (model/ as a Hugging Face folder, metrics.jsonl, loss_curve.png). None: no
     pretraining."""
+    finetune: FinetuneConfig | None = None
+    """The finetune stage (`raylm finetune`): SFT or DPO of `finetune.base` (default: this run's pretrained
+    model), full or with LoRA / prefix / P-tuning, on Ray Train + DeepSpeed -> `<run>/finetune/` (model/ or
+    an adapter folder, metrics, before/after summary). None: no fine-tuning."""
+    compress: CompressConfig | None = None
+    """The compress stage (`raylm compress`): quantize (W8A8, W4A16), prune (structured, magnitude, Wanda),
+    low-rank factorize or distill `compress.base` (default: this run's fine-tuned, else pretrained model)
+    -> `<run>/compress/<method>/` (Hugging Face folders with manifests), report.md, pareto.png. None: no
+    compression."""
     serve: ServeConfig | None = None
     """The serve stage (`raylm serve`): an OpenAI-compatible Ray Serve app over vLLM for the listed models;
     a pipeline run ends by sending `serve.sample_prompts` through it. None: nothing is served."""
@@ -218,8 +229,9 @@ def _model_classes_in(model: type[BaseModel]) -> list[type[BaseModel]]:
 def _clean_loc(loc: tuple) -> tuple:
     """Drop pydantic's union-branch markers (class names, discriminator values, 'function-after[...]')."""
     tags = _union_tags(loc)
-    return tuple(p for p in loc
-                 if isinstance(p, int) or ("[" not in p and not p[:1].isupper() and p not in tags))
+    return tuple(
+        p for p in loc if isinstance(p, int) or ("[" not in p and not p[:1].isupper() and p not in tags)
+    )
 
 
 def _describe(err: dict, source: str, lines: dict[tuple, int], overrides: set[str]) -> str:

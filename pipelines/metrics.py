@@ -76,6 +76,7 @@ CATALOG: dict[str, MetricSpec] = {s.name: s for s in [
 ]}
 
 _metrics: dict[str, object] = {}
+_metrics_session: str | None = None
 _lock = threading.Lock()
 _warned = False
 
@@ -101,7 +102,21 @@ def _ray_ready() -> bool:
     return ray.is_initialized()
 
 
+def _session() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_job_id()
+
+
 def _instance(spec: MetricSpec):
+    global _metrics_session
+    session = _session()
+    if session != _metrics_session:
+        # Ray was shut down and started again in this process (tests, a notebook): metric objects made
+        # for the old session are not reused.
+        with _lock:
+            _metrics.clear()
+            _metrics_session = session
     metric = _metrics.get(spec.name)
     if metric is not None:
         return metric

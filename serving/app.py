@@ -187,6 +187,7 @@ def llm_config_dict(model: ServeModelConfig, plan: ServePlan, device: str) -> di
     if device == "cpu":
         config["accelerator_config"] = {"kind": "cpu"}
         deployment["ray_actor_options"] = {"num_cpus": 0}
+        config["placement_group_config"] = {"bundle_per_worker": {"CPU": model.cpus_per_replica}}
     else:
         config["accelerator_config"] = {"kind": "gpu"}
     env = {k: os.environ[k] for k in _PASS_ENV if os.environ.get(k)}

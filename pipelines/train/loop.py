@@ -15,6 +15,7 @@ import os
 import resource
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,12 @@ def _memory_gb(on_gpu: bool) -> tuple[float, float]:
     return rss, max(peak, rss)
 
 
+def _pretrain_config(config: dict[str, Any]):
+    from pipelines.train.config import PretrainConfig
+
+    return PretrainConfig.model_validate(config["pretrain"])
+
+
 def _rank0_timer(rank: int, op: str, tags: dict[str, str]):
     """Checkpoint save/load time into raylm's `checkpoint_seconds` histogram, once per step (rank 0)."""
     from pipelines import metrics
@@ -63,16 +70,48 @@ def _rank0_timer(rank: int, op: str, tags: dict[str, str]):
     return metrics.timed("checkpoint_seconds", op=op, **tags) if rank == 0 else contextlib.nullcontext()
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train's per-worker function; `config` is what `pipelines.train.stage` builds."""
+@dataclass
+class Worker:
+    """What a training worker knows about itself once its process group is up."""
+
+    rank: int
+    world: int
+    local_rank: int
+    on_gpu: bool
+    device: Any
+
+
+def start_worker(config: dict[str, Any], cpus_per_worker: float) -> Worker:
+    """The start shared by every raylm training loop (pretraining, fine-tuning): DeepSpeed's accelerator
+    and JIT folder, the device (or torch's thread count on CPU), then DeepSpeed's process group over Ray
+    Train's (NCCL on GPUs, gloo on CPUs)."""
     import ray.train
 
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     on_gpu = bool(config["on_gpu"])
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", config["torch_extensions_dir"])
     if not on_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+    import torch
+
+    device = ray.train.torch.get_device()
+    if on_gpu:
+        torch.cuda.set_device(device)  # DeepSpeed places the model on the current device
+        os.environ.setdefault("LOCAL_RANK", str(ctx.get_local_rank()))
+    else:
+        torch.set_num_threads(max(1, int(cpus_per_worker)))
+    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
+    return Worker(ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank(), on_gpu, device)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train's per-worker function; `config` is what `pipelines.train.stage` builds."""
+    import ray.train
+
+    cfg = _pretrain_config(config)
+    worker = start_worker(config, cfg.cpus_per_worker)
+    rank, world, on_gpu, device = worker.rank, worker.world, worker.on_gpu, worker.device
     import deepspeed
     import numpy as np
     import torch
@@ -80,23 +119,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     from pipelines import metrics
     from pipelines.models import ModelConfig, Vocab, build_model
-    from pipelines.train.config import PretrainConfig
     from pipelines.train.ds_config import deepspeed_config, make_optimizer, make_scheduler
     from pipelines.train.flops import matmul_peak
     from pipelines.train.objectives import ObjectiveSpec, forward_loss, prepare_batch
     from pipelines.train.token_data import rows_to_numpy
 
-    cfg = PretrainConfig.model_validate(config["pretrain"])
     model_cfg = ModelConfig.model_validate(config["model"])
     spec = ObjectiveSpec(**config["spec"])
     vocab = Vocab(**config["vocab"])
-    device = ray.train.torch.get_device()
-    if on_gpu:
-        torch.cuda.set_device(device)  # DeepSpeed places the model on the current device
-        os.environ.setdefault("LOCAL_RANK", str(ctx.get_local_rank()))
-    else:
-        torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
-    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
     memory_base_gb, _ = _memory_gb(on_gpu)  # libraries loaded, no model yet: what the model adds is above
     precision = resolve_precision(cfg.precision, on_gpu)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]

@@ -199,3 +199,38 @@ __all__ = [
     "write_jsonl",
     "write_tensorboard",
 ]
+
+
+def fit_with_progress(trainer, monitor: Monitor, what: str) -> tuple[Any, float]:
+    """Run `trainer.fit()` in a thread while the driver drains the metrics sink into the progress bar;
+    re-raise the run's error here. Returns (Ray Train's result, fit seconds). `what` names the run in
+    errors ("pretraining", "fine-tuning")."""
+    import threading
+    import time
+
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as exc:  # surfaced in the driver thread below
+            outcome["error"] = exc
+
+    t_fit = time.perf_counter()
+    thread = threading.Thread(target=fit, name=f"raylm-{what}-fit", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(timeout=1.0)
+            monitor.poll()
+    finally:
+        monitor.close()
+    fit_s = time.perf_counter() - t_fit
+    if "error" in outcome:
+        raise outcome["error"]
+    result = outcome["result"]
+    if result.error is not None:
+        raise result.error
+    if result.checkpoint is None:
+        raise RuntimeError(f"{what} ended without a checkpoint")
+    return result, fit_s

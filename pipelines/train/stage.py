@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -254,7 +253,7 @@ def run_pretrain(
     fail_at = os.environ.get(FAIL_AT_STEP_ENV)
     eval_rows = min(pretrain.eval_sequences, data.heldout_rows)
     eval_rows -= eval_rows % pretrain.num_workers  # equal shards
-    from pipelines.train.progress import Monitor, metrics_sink_class
+    from pipelines.train.progress import Monitor, fit_with_progress, metrics_sink_class
 
     sink = metrics_sink_class().remote()
     train_config = {
@@ -293,31 +292,7 @@ def run_pretrain(
     )
     log_uri = join(run_root, "raylm_metrics.jsonl")
     monitor = Monitor(sink, log_uri, pretrain.max_steps, log)
-    outcome: dict[str, Any] = {}
-
-    def fit() -> None:
-        try:
-            outcome["result"] = trainer.fit()
-        except BaseException as exc:  # surfaced in the driver thread below
-            outcome["error"] = exc
-
-    t_fit = time.perf_counter()
-    thread = threading.Thread(target=fit, name="raylm-pretrain-fit", daemon=True)
-    thread.start()
-    try:
-        while thread.is_alive():
-            thread.join(timeout=1.0)
-            monitor.poll()
-    finally:
-        monitor.close()
-    fit_s = time.perf_counter() - t_fit
-    if "error" in outcome:
-        raise outcome["error"]
-    result = outcome["result"]
-    if result.error is not None:
-        raise result.error
-    if result.checkpoint is None:
-        raise RuntimeError("pretraining ended without a checkpoint")
+    result, fit_s = fit_with_progress(trainer, monitor, "pretraining")
     final = monitor.final or dict(result.metrics or {})
 
     # ---- outputs

@@ -118,3 +118,20 @@ def test_stage_inputs_skip_asset_manifests_but_keep_stage_outputs(tmp_path):
     (trained / "manifest.json").write_text(json.dumps({"stage": "finetune", "config_hash": "x"}))
     assert _is_stage_input(str(plain)) and _is_stage_input(str(trained))
     assert not _is_stage_input(str(asset)) and not _is_stage_input("s3://bucket/model")
+
+
+def test_run_paths_point_at_this_runs_folders(tmp_path, smollm2_folder):
+    """`run:finetune/merged` is the folder this run's finetune stage writes; the stage records it as an
+    input (a re-trained model re-runs serve) and `raylm serve --plan` plans it."""
+    import shutil
+
+    from cluster.stages.serve import plan
+
+    run = tmp_path / "run"
+    shutil.copytree(smollm2_folder, run / "finetune" / "merged")
+    path = _recipe(tmp_path, "run:finetune/merged")
+    step = plan(parse_recipe(path.read_text()), RunFolder(str(run)))
+    assert step.inputs == {"model:smol": str(run / "finetune" / "merged")}
+    out = runner.invoke(app, ["serve", str(path), "--plan", "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["smol"]["num_blocks"] == 129

@@ -1,0 +1,12 @@
+"""Compression passes over a plain transformers causal LM, one module per method, each writing a new
+Hugging Face folder that transformers and vLLM load:
+
+- `quantize` (+ `gptq`, `smoothquant`): W8A8 / W4A16 in compressed-tensors' format;
+- `prune_structured`: attention heads (GQA-consistent), MLP channels, whole layers -> a smaller Llama config;
+- `prune_unstructured`: magnitude or Wanda sparsity;
+- `low_rank`: truncated SVD with an energy or budget rank rule;
+- `distill`: a shallower student trained on the teacher's soft targets.
+
+`stage.run_compress` applies the recipe's `compress.methods` to one base model and measures each result
+(`measure`); `config` holds the recipe section, `checks` the refusals made before any work starts.
+"""

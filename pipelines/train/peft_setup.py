@@ -1,0 +1,89 @@
+"""The base model, made ready for a fine-tuning method: as it is (full) or wrapped by peft (LoRA, prefix
+tuning, P-tuning). Also the check that LoRA's target modules exist, run on a meta-device copy of the
+model (no weights loaded) before any worker starts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipelines.train.finetune_config import FinetuneConfig
+
+
+def peft_config(cfg: FinetuneConfig):
+    """peft's config for `cfg.method`, or None for full fine-tuning."""
+    from peft import LoraConfig, PrefixTuningConfig, PromptEncoderConfig, TaskType
+
+    if cfg.method == "lora":
+        targets: Any = cfg.lora_target_modules
+        if targets == ["all-linear"]:
+            targets = "all-linear"
+        return LoraConfig(
+            # a reward model's new score head trains fully (peft's SEQ_CLS task keeps it in modules_to_save)
+            task_type=TaskType.SEQ_CLS if cfg.objective == "reward" else TaskType.CAUSAL_LM,
+            r=cfg.lora_rank,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=targets,
+        )
+    if cfg.method == "prefix":
+        return PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=cfg.num_virtual_tokens)
+    if cfg.method == "p-tuning":
+        return PromptEncoderConfig(
+            task_type=TaskType.CAUSAL_LM,
+            num_virtual_tokens=cfg.num_virtual_tokens,
+            encoder_reparameterization_type=cfg.prompt_encoder,
+            encoder_hidden_size=cfg.prompt_encoder_hidden_size,
+        )
+    return None
+
+
+def module_names(base_dir: str) -> list[str]:
+    """Every module name of the base model, from its config on the meta device (no weights read)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(base_dir, local_files_only=True)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return [name for name, _ in model.named_modules()]
+
+
+def check_target_modules(cfg: FinetuneConfig, names: list[str]) -> list[str]:
+    """LoRA targets the model has no module for (peft's matching: the name or a dotted suffix of it)."""
+    if cfg.method != "lora" or cfg.lora_target_modules == ["all-linear"]:
+        return []
+    missing = [t for t in cfg.lora_target_modules if not any(n == t or n.endswith("." + t) for n in names)]
+    if not missing:
+        return []
+    leaves = sorted({n.rsplit(".", 1)[-1] for n in names if n and not n.rsplit(".", 1)[-1].isdigit()})
+    return [
+        f"finetune.lora_target_modules: {', '.join(missing)} not in the base model (its module names "
+        f"include: {', '.join(leaves)})"
+    ]
+
+
+def apply_method(model, cfg: FinetuneConfig):
+    """The model to train: `model` itself (full) or peft's wrapper with only the adapter trainable."""
+    config = peft_config(cfg)
+    if config is None:
+        return model
+    from peft import get_peft_model
+
+    return get_peft_model(model, config)
+
+
+def trainable_parameters(model) -> dict[str, Any]:
+    """Trainable and total parameter counts and the trainable share. For a peft model peft's own count
+    (prompt-learning adapters are not `requires_grad` parameters of the base)."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        trainable, total = model.get_nb_trainable_parameters()
+    else:
+        total = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters())
+        trainable = sum(
+            p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters() if p.requires_grad
+        )
+    return {
+        "trainable_params": int(trainable),
+        "total_params": int(total),
+        "trainable_share": trainable / total,
+    }
