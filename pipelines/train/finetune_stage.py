@@ -250,8 +250,6 @@ def run_finetune(
 ) -> dict[str, Any]:
     """Fine-tune `base_dir`; write the stage outputs into `out_dir` (local); return the summary."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     from pipelines.train.progress import (
         Monitor,
@@ -261,7 +259,7 @@ def run_finetune(
         write_jsonl,
         write_tensorboard,
     )
-    from pipelines.train.stage import _copy_file, check_layout
+    from pipelines.train.stage import _copy_file, check_layout, make_trainer
 
     t0 = time.perf_counter()
     prep = prepare(cfg, base_dir, seed)
@@ -296,21 +294,7 @@ def run_finetune(
         "sink": sink,
         "torch_extensions_dir": os.environ.get("TORCH_EXTENSIONS_DIR", str(asset_paths().torch_extensions)),
     }
-    trainer = TorchTrainer(
-        _loop_fn(),
-        train_loop_config=train_config,
-        scaling_config=ScalingConfig(
-            num_workers=cfg.num_workers,
-            use_gpu=on_gpu,
-            resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if on_gpu else {})},
-        ),
-        run_config=RunConfig(
-            name=name,
-            storage_path=checkpoint_root,
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
-        ),
-    )
+    trainer = make_trainer(_loop_fn(), train_config, cfg, on_gpu, name, checkpoint_root)
     monitor = Monitor(sink, join(run_root, "raylm_metrics.jsonl"), cfg.max_steps, log, desc="finetune")
     result, fit_s = fit_with_progress(trainer, monitor, "fine-tuning")
     final = monitor.final or dict(result.metrics or {})

@@ -76,6 +76,33 @@ def check_vocab(model: ModelConfig, pretrain: PretrainConfig, tokenizer_size: in
     return []
 
 
+def make_trainer(
+    loop_fn, train_config: dict, section, on_gpu: bool, name: str, checkpoint_root: str, **extra
+):
+    """A Ray Train `TorchTrainer` from a training section (pretrain or finetune: num_workers,
+    cpus_per_worker, keep_checkpoints, max_failures): one worker per GPU or `cpus_per_worker` CPUs each,
+    checkpoints under `checkpoint_root/name`, restarts on worker failure."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(
+        loop_fn,
+        train_loop_config=train_config,
+        scaling_config=ScalingConfig(
+            num_workers=section.num_workers,
+            use_gpu=on_gpu,
+            resources_per_worker={"CPU": section.cpus_per_worker, **({"GPU": 1} if on_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=checkpoint_root,
+            checkpoint_config=CheckpointConfig(num_to_keep=section.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=section.max_failures),
+        ),
+        **extra,
+    )
+
+
 def check_layout(
     pretrain: PretrainConfig, resources: dict[str, float] | None, section: str = "pretrain"
 ) -> list[str]:
@@ -204,8 +231,7 @@ def run_pretrain(
 ) -> dict[str, Any]:
     """Pretrain on the token folder; write the stage outputs into `out_dir`; return the metrics."""
     import ray
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train import DataConfig
 
     t0 = time.perf_counter()
     data = inspect(token_dir, data_key)
@@ -273,20 +299,13 @@ def run_pretrain(
         "fail_marker": join(checkpoint_root, f".{name}.failed_once") if fail_at else None,
     }
     datasets = _datasets(data, eval_rows)
-    trainer = TorchTrainer(
+    trainer = make_trainer(
         _loop_fn(),
-        train_loop_config=train_config,
-        scaling_config=ScalingConfig(
-            num_workers=pretrain.num_workers,
-            use_gpu=on_gpu,
-            resources_per_worker={"CPU": pretrain.cpus_per_worker, **({"GPU": 1} if on_gpu else {})},
-        ),
-        run_config=RunConfig(
-            name=name,
-            storage_path=checkpoint_root,
-            checkpoint_config=CheckpointConfig(num_to_keep=pretrain.keep_checkpoints),
-            failure_config=FailureConfig(max_failures=pretrain.max_failures),
-        ),
+        train_config,
+        pretrain,
+        on_gpu,
+        name,
+        checkpoint_root,
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split="all"),
     )
