@@ -7,9 +7,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.raylm-installed
 PYTEST_ARGS ?=
 
-# Debian packages the test suite uses (Prometheus for the monitoring test). The asset step installs its
-# own (WordNet, the text packages) the same way.
-SYSTEM_PACKAGES := prometheus
+# Debian packages the test suite uses (Prometheus for the monitoring test, Chromium to open the run report
+# in a real browser). The asset step installs its own (WordNet, the text packages) the same way.
+SYSTEM_PACKAGES := prometheus chromium
 
 .PHONY: setup venv system-deps assets quickstart test lint doctor clean-runs
 

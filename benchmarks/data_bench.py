@@ -41,7 +41,9 @@ HEADLINE = 200_000
 
 RECIPE = {
     "name": "data-bench",
-    "cluster": {"num_cpus": 2},
+    # Ray's object store is shared memory whose pages stay resident once touched; by default it may grow
+    # to 30% of RAM, so its size would track the machine, not the pipeline. Bounded as a user bounds it.
+    "cluster": {"num_cpus": 2, "object_store_memory_gb": 1.0},
     "data": {
         "inputs": [{"path": "INPUT", "format": "jsonl"}],
         "columns": {"id": "int", "source": "str", "n_words": "int", "score": "float"},

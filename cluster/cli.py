@@ -48,6 +48,10 @@ def run(
                                     "`all` redoes every stage)."),
     address: str = typer.Option(None, "--address", help="Ray cluster address; default: embedded local Ray."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and print the plan; start nothing."),
+    keep_serving: bool = typer.Option(
+        False, "--keep-serving", help="Keep the served models up after the sample requests, until Ctrl-C "
+        "(the same as --set serve.keep_serving=true)."
+    ),
 ) -> None:
     """Run every stage the recipe has, in order, skipping stages whose manifest matches.
 
@@ -56,23 +60,24 @@ def run(
         raylm run pipelines/recipes/quickstart.yaml
         raylm run my.yaml --set cluster.num_cpus=2 --force data
         raylm run my.yaml --dry-run
+        raylm run pipelines/recipes/quickstart.yaml --keep-serving
     """
-    from cluster.orchestrate import plan_stages, run_recipe
+    from cluster.orchestrate import run_recipe
 
     cfg = _load(recipe, set_)
+    if keep_serving:
+        if cfg.serve is None:
+            fail(RecipeError([f"--keep-serving: {recipe} has no serve section"]))
+        cfg.serve.keep_serving = True
     if address:
         cfg.cluster.address = address
-    plan = plan_stages(cfg)
-    if dry_run:
-        table = Table(title=f"plan for {cfg.name} -> {cfg.resolved_run_dir()}")
-        for col in ("stage", "inputs", "output"):
-            table.add_column(col)
-        for step in plan:
-            table.add_row(step.name, ", ".join(step.inputs.values()) or "-", step.folder)
-        console.print(table)
-        if not plan:
-            console.print("the recipe has no stage sections: nothing would run")
-        return
+    if dry_run:  # stages, resources, DeepSpeed layout, memory per worker, and the planners' checks
+        from cluster.dry_run import print_plan
+
+        def say(line: str) -> None:  # paths hold brackets: no rich markup; long lines stay whole
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+        raise typer.Exit(print_plan(cfg, say))
     try:
         results = run_recipe(cfg, force=set(force), log=console.print)
     except RecipeError as exc:

@@ -73,4 +73,7 @@ def run_recipe(
             log(f"[{i}/{len(plans)}] {plan.name} {'reused (manifest matches)' if result.skipped else 'done'}"
                 f" in {took:.1f}s -> {result.folder}")
             results.append(result)
+    from pipelines.report import report_after_run  # matplotlib: imported only when a run ends
+
+    report_after_run(folder.root, cfg, log)  # <run>/report/index.html; logs (never raises) on failure
     return results

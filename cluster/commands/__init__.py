@@ -9,4 +9,5 @@ COMMAND_MODULES: list[str] = [
     "cluster.commands.serve",  # raylm serve
     "cluster.commands.jobs",  # raylm submit | jobs | logs | stop | pack-code
     "cluster.commands.k8s",  # raylm k8s
+    "cluster.commands.report",  # raylm report
 ]

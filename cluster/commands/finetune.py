@@ -25,8 +25,8 @@ def finetune(
     ),
     address: str = typer.Option(None, "--address", help="Ray cluster address; default: embedded local Ray."),
 ) -> None:
-    """Fine-tune a model on Ray Train + DeepSpeed: SFT, DPO, SFT then DPO, or a reward model; full or
-    LoRA / prefix / P-tuning.
+    """Fine-tune a model on Ray Train + DeepSpeed: SFT, DPO, SFT then DPO, a reward model, or RLHF (RLOO
+    against a reward model); full or LoRA / prefix / P-tuning.
     Writes `<run>/finetune/`: `model/` (a model folder, or a peft adapter folder), `metrics.jsonl`,
     `loss_curve.png`, `summary.json` (held-out metrics before and after), `quarantine/`.
 
@@ -37,6 +37,7 @@ def finetune(
         raylm finetune my.yaml --set finetune.base=assets:models/SmolLM2-135M-Instruct
         raylm finetune my.yaml --set finetune.method=prefix --set finetune.max_steps=30
         raylm finetune my.yaml --set finetune.objective=dpo --set finetune.rejected=shuffled_words
+        raylm finetune my.yaml --set finetune.objective=rlhf --set finetune.reward_model=rm/model
         raylm finetune my.yaml --merge
         raylm keys finetune
     """

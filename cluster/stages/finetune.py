@@ -35,10 +35,20 @@ def base_folder(recipe: Recipe, run_folder: RunFolder) -> str:
     return join(run_folder.stage_dir("pretrain"), "model")
 
 
+def reward_folder(path: str, run_folder: RunFolder) -> str:
+    """rlhf's `reward_model` made concrete: `run:<folder>` is relative to this run's folder (e.g. a reward
+    model another recipe wrote beside it: `run:../rm-run/finetune/model`), `assets:` the asset cache."""
+    if path.startswith("run:"):
+        return str(Path(join(run_folder.root, path[len("run:") :].lstrip("/"))).resolve())
+    return resolve_path(path)
+
+
 def plan(recipe: Recipe, run_folder: RunFolder) -> StagePlan | None:
     cfg = recipe.finetune
     if cfg is None:
         return None
+    if cfg.reward_model:
+        cfg = cfg.model_copy(update={"reward_model": reward_folder(cfg.reward_model, run_folder)})
     from pipelines.train.finetune_stage import (
         FinetuneInputError,
         base_fingerprint,
@@ -55,6 +65,8 @@ def plan(recipe: Recipe, run_folder: RunFolder) -> StagePlan | None:
         # an explicit base is not a stage folder: its files identify it (this run's pretrain is an input)
         "base_fingerprint": base_fingerprint(base) if cfg.base and exists else None,
     }
+    if cfg.reward_model and Path(cfg.reward_model).is_dir():  # rlhf: a retrained reward model redoes it
+        config["reward_fingerprint"] = base_fingerprint(cfg.reward_model)
     inputs = {} if cfg.base else {"base": run_folder.stage_dir("pretrain")}
     current = run_folder.is_current(STAGE, config, inputs)
     if current is None and exists:

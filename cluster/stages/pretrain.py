@@ -92,3 +92,16 @@ def _exists(folder: str) -> bool:
     from pathlib import Path
 
     return Path(folder).is_dir()
+
+
+def describe_layout(recipe: Recipe) -> list[str]:
+    """The dry run's account of a pipeline/tensor layout (`pipelines/parallel/plan.py`): which rank holds
+    which data shard, stage (and layers) and tensor shard, and the parameters each stores."""
+    cfg = recipe.pretrain
+    if cfg is None or (cfg.parallel.pp == 1 and cfg.parallel.tp == 1):
+        return []
+    from pipelines.parallel.plan import describe
+
+    model = recipe.model or ModelConfig()
+    vocab = model.vocab_size or (recipe.tokenizer.vocab_size if recipe.tokenizer else 32000)
+    return describe(model, cfg.layout, vocab, cfg.parallel.partition_method)

@@ -80,6 +80,21 @@ def check_methods(methods, shape: dict) -> None:
                 f"{key}: student_layers={m.student_layers} is not fewer than the teacher's "
                 f"{shape['layers']} layers"
             )
+        elif m.method == "weight_share" and m.group_size > shape["layers"]:
+            problems.append(
+                f"{key}: group_size={m.group_size} is larger than the model's {shape['layers']} layers"
+            )
+        elif m.method == "layer_drop":
+            if m.drop_layers >= shape["layers"]:
+                problems.append(
+                    f"{key}: drop_layers={m.drop_layers} would remove every layer "
+                    f"(the model has {shape['layers']})"
+                )
+            bad = [i for i in (m.layers or []) if not 0 <= i < shape["layers"]]
+            if bad:
+                problems.append(
+                    f"{key}: layers {bad} do not exist (the model has layers 0..{shape['layers'] - 1})"
+                )
         elif m.method == "low_rank" and m.rank is not None:
             dims = {
                 "q_proj": (shape["heads"] * shape["head_dim"], shape["hidden"]),

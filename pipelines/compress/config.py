@@ -54,6 +54,12 @@ class QuantizeMethod(SectionConfig):
     weights, so the folder stays a standard Llama). None: no smoothing."""
     dampening: float = Field(default=0.01, gt=0, lt=1)
     """gptq only: fraction of the Hessian's mean diagonal added to its diagonal (numerical stability)."""
+    embedding_storage: Literal["float", "float8"] = "float"
+    """How the (unquantized) token embedding is stored on disk. float: the folder's dtype. float8: cast
+    to float8_e4m3fn in the safetensors file (1 byte per value, no scale), which vLLM and transformers
+    cast back to 16/32-bit when they load it: the folder shrinks by half the embedding, memory in
+    serving does not (vLLM's compressed-tensors embedding kernel is GPU/Triton-only and cannot serve a
+    tied output head)."""
 
     @field_validator("scheme")
     @classmethod
@@ -76,6 +82,7 @@ class QuantizeMethod(SectionConfig):
 
     def folder_name(self) -> str:
         suffix = ("-sq" if self.smoothing else "") + ("-gptq" if self.algorithm == "gptq" else "")
+        suffix += "-emb8" if self.embedding_storage == "float8" else ""
         return self.name or f"quantize-{self.scheme.lower()}{suffix}"
 
 
@@ -165,9 +172,84 @@ class LowRankMethod(SectionConfig):
     """Name suffixes of the linear layers to factorize."""
     skip_if_not_smaller: bool = True
     """Keep a layer dense when its rank r gives r*(in+out) >= in*out (factorizing would not save)."""
+    data_aware: bool = False
+    """Factorize for the layer's actual inputs (in the spirit of DRONE / SVD-LLM): whiten W by the
+    Cholesky factor L of the input covariance X^T X collected on calibration text, truncate the SVD of
+    W L, un-whiten. Minimizes the output error ||(W - W_r) X^T|| instead of ||W - W_r||; the energy rule
+    then applies to the whitened spectrum (the output energy on real inputs)."""
+    calibration_samples: int = Field(default=16, ge=1)
+    """data_aware only: calibration sequences (of `compress.seq_len` tokens) for the input covariance."""
+    dampening: float = Field(default=0.01, gt=0, lt=1)
+    """data_aware only: fraction of the covariance's mean diagonal added to its diagonal (so it is
+    positive definite and its Cholesky factor exists)."""
+    recovery_steps: int = Field(default=0, ge=0)
+    """Steps of a short recovery fine-tune of the factorized model (its two factors train) on
+    `compress.train_text`, before the rank-r weights are exported. 0: none."""
+    recovery_lr: float = Field(default=5e-5, gt=0)
+    """Learning rate of the recovery fine-tune."""
 
     def folder_name(self) -> str:
-        return self.name or "low_rank"
+        return self.name or ("low_rank-data_aware" if self.data_aware else "low_rank")
+
+
+class WeightShareMethod(SectionConfig):
+    """ALBERT-style cross-layer sharing: consecutive decoder layers in groups share one set of weights."""
+
+    method: Literal["weight_share"] = "weight_share"
+    """Tag of this entry."""
+    name: str | None = None
+    """Output folder name under `<run>/compress/`. None: `weight_share-<group_size>`."""
+    group_size: int = Field(default=2, ge=2)
+    """Consecutive decoder layers per group (layers 0..g-1 share, then g..2g-1, ...; a last, shorter
+    group takes what remains). Must not exceed the model's layer count."""
+    init: Literal["mean", "first"] = "mean"
+    """The group's shared weights: the mean of its layers' weights, or its first layer's."""
+    recovery_steps: int = Field(default=0, ge=0)
+    """Steps of a recovery fine-tune that keeps the weights tied (each group's layers hold one parameter,
+    whose gradient sums over them) on `compress.train_text`. 0: none."""
+    recovery_lr: float = Field(default=5e-5, gt=0)
+    """Learning rate of the recovery fine-tune."""
+
+    def folder_name(self) -> str:
+        return self.name or f"weight_share-{self.group_size}"
+
+
+class LayerDropMethod(SectionConfig):
+    """LayerDrop (Fan et al., 2019): train with layers skipped at random, then keep a shallower network."""
+
+    method: Literal["layer_drop"] = "layer_drop"
+    """Tag of this entry."""
+    name: str | None = None
+    """Output folder name under `<run>/compress/`. None: `layer_drop-<drop_layers>`."""
+    drop_rate: float = Field(default=0.5, gt=0, lt=1)
+    """Probability p that each decoder layer is skipped in a training step (independently per layer and
+    step). Fan et al. train with the rate they will prune at: 0.5 for keeping every other layer."""
+    drop_layers: int = Field(ge=1)
+    """Layers removed at inference, spread evenly over the depth (Fan et al.'s "every other layer"
+    when it is half the layers: layers 1, 3, 5, ...). Must leave at least one layer."""
+    layers: list[int] | None = None
+    """Explicit indices of the layers to remove (overrides the even spread; `drop_layers` must equal
+    their count)."""
+    steps: int = Field(default=20, ge=1)
+    """Training steps with LayerDrop (AdamW, next-token loss) on `compress.train_text`."""
+    lr: float = Field(default=5e-5, gt=0)
+    """Learning rate."""
+    batch_size: int = Field(default=4, ge=1)
+    """Sequences (of `compress.seq_len` tokens) per step."""
+    compare: bool = True
+    """Also train a control for the same steps without LayerDrop, remove the same layers from it and
+    record its perplexity (and the untrained base's with the same layers removed) in `method_info`."""
+
+    @model_validator(mode="after")
+    def _layers_count(self) -> LayerDropMethod:
+        if self.layers is not None and len(set(self.layers)) != self.drop_layers:
+            raise ValueError(
+                f"layers lists {len(set(self.layers))} distinct layer(s) but drop_layers={self.drop_layers}"
+            )
+        return self
+
+    def folder_name(self) -> str:
+        return self.name or f"layer_drop-{self.drop_layers}"
 
 
 class DistillMethod(SectionConfig):
@@ -192,13 +274,28 @@ class DistillMethod(SectionConfig):
     """Sequences (of `compress.seq_len` tokens) per step."""
     train_samples: int = Field(default=64, ge=1)
     """Training sequences from `compress.train_text` (cycled over)."""
+    ray_train: bool = False
+    """Train the student on Ray Train (`num_workers` data-parallel workers started like raylm's
+    pretraining workers, each with the teacher beside its student replica) instead of in this process.
+    Starts a local Ray when none is connected."""
+    num_workers: int = Field(default=1, ge=1)
+    """ray_train only: Ray Train workers; each takes every num_workers-th training sequence and runs
+    `batch_size` sequences per step."""
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    """ray_train only: CPUs reserved per worker (also its torch thread count)."""
 
     def folder_name(self) -> str:
         return self.name or f"distill-{self.student_layers}"
 
 
 Method = Annotated[
-    QuantizeMethod | PruneStructuredMethod | PruneUnstructuredMethod | LowRankMethod | DistillMethod,
+    QuantizeMethod
+    | PruneStructuredMethod
+    | PruneUnstructuredMethod
+    | LowRankMethod
+    | DistillMethod
+    | WeightShareMethod
+    | LayerDropMethod,
     Field(discriminator="method"),
 ]
 

@@ -20,6 +20,9 @@ class CompressContext:
 
     train_text: str | None = None
     """Text file the training methods (recovery, distillation) learn from; None: the calibration windows."""
+    evaluation: torch.Tensor | None = None
+    """The held-out perplexity windows, for methods that compare variants in-process (layer_drop's
+    control); None: they use the calibration windows."""
 
     def train_windows(self, n: int) -> torch.Tensor:
         """n windows of training text (of the calibration windows' length)."""

@@ -6,9 +6,9 @@ vLLM loads. It trains on calibration text against the teacher's soft targets:
 
     loss = alpha * T^2 * KL(softmax(z_t / T) || softmax(z_s / T)) + (1 - alpha) * CE(z_s, next token)
 
-This runs in-process (plain PyTorch, AdamW): a few dozen steps of a 135M model fit in minutes on a CPU,
-and the teacher must sit beside the student. Distillation on Ray Train workers (data-parallel, the
-teacher in every worker) is not done.
+By default this runs in-process (plain PyTorch, AdamW): a few dozen steps of a 135M model fit in minutes
+on a CPU. `ray_train: true` runs the same loop on Ray Train workers, data-parallel, the teacher in every
+worker (`pipelines.compress.distill_ray`).
 """
 
 from __future__ import annotations
@@ -33,17 +33,24 @@ def distill_loss(student_logits, teacher_logits, labels, temperature: float, alp
     return alpha * t * t * kl + (1 - alpha) * ce
 
 
-def make_student(teacher, layers: int, windows: torch.Tensor) -> torch.nn.Module:
-    """A copy of the teacher keeping its `layers` most influential decoder layers (in order)."""
-    c = teacher.config
+def student_layers(teacher, layers: int, windows: torch.Tensor) -> list[int]:
+    """The teacher's `layers` most influential decoder layers (block influence), in order."""
     bi = block_influence(teacher, windows)
-    keep = sorted(torch.argsort(bi, descending=True)[:layers].tolist())
-    plan = {
+    return sorted(torch.argsort(bi, descending=True)[:layers].tolist())
+
+
+def student_plan(c, keep: list[int]) -> dict:
+    """The pruning plan of a student that keeps whole layers (every head and MLP channel)."""
+    return {
         "layers": keep,
         "heads": {i: list(range(c.num_attention_heads)) for i in keep},
         "channels": {i: list(range(c.intermediate_size)) for i in keep},
     }
-    return pruned_model(teacher, plan)
+
+
+def make_student(teacher, layers: int, windows: torch.Tensor) -> torch.nn.Module:
+    """A copy of the teacher keeping its `layers` most influential decoder layers (in order)."""
+    return pruned_model(teacher, student_plan(teacher.config, student_layers(teacher, layers, windows)))
 
 
 def distill(
@@ -83,16 +90,25 @@ def distill(
 
 def apply(ctx, cfg, out_dir: str) -> dict:
     teacher = ctx.load_model()
-    student = make_student(teacher, cfg.student_layers, ctx.calib(8))
+    keep = student_layers(teacher, cfg.student_layers, ctx.calib(8))
     windows = ctx.train_windows(cfg.train_samples)
     info = {
         "student_layers": cfg.student_layers,
+        "kept_teacher_layers": keep,
         "teacher_layers": teacher.config.num_hidden_layers,
         "temperature": cfg.temperature,
         "alpha": cfg.alpha,
     }
-    info.update(
-        distill(teacher, student, windows, cfg.steps, cfg.lr, cfg.temperature, cfg.alpha, cfg.batch_size)
-    )
+    if cfg.ray_train:
+        from pipelines.compress.distill_ray import distill_on_ray
+
+        del teacher  # the workers load their own
+        student, trained = distill_on_ray(ctx.base, keep, windows, cfg)
+    else:
+        student = pruned_model(teacher, student_plan(teacher.config, keep))
+        trained = distill(
+            teacher, student, windows, cfg.steps, cfg.lr, cfg.temperature, cfg.alpha, cfg.batch_size
+        )
+    info.update(trained)
     ctx.save(student, out_dir)
     return info

@@ -7,6 +7,12 @@ so transformers and vLLM load it unchanged (the export route the issue allows fo
 size and speed are those of the base model; the factorized form's parameter count and transformers
 generation speed are measured in-process and recorded in the manifest's `method_info` (serving the
 factorized form needs custom modelling code: not done).
+
+`data_aware: true` (in the spirit of DRONE, Chen et al. 2021, and SVD-LLM's whitening): the error that
+matters is the layer's output error on its real inputs, ||(W - W_r) X^T||_F, not ||W - W_r||_F. With
+the input covariance X^T X = L L^T (Cholesky, damped), ||(W - W_r) X^T|| = ||(W - W_r) L|| (up to the
+orthogonal factor of X), so the best rank-r W_r is the truncated SVD of W L, un-whitened by L^{-1}:
+W_r = U_r S_r V_r^T L^{-1}.
 """
 
 from __future__ import annotations
@@ -30,13 +36,31 @@ def choose_rank(s: torch.Tensor, energy: float | None, rank: int | None) -> int:
 
 @torch.no_grad()
 def factorize(
-    weight: torch.Tensor, energy: float | None, rank: int | None
+    weight: torch.Tensor,
+    energy: float | None,
+    rank: int | None,
+    covariance: torch.Tensor | None = None,
+    dampening: float = 0.01,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(A [r, in], B [out, r]) with B @ A the best rank-r approximation of weight (Eckart-Young)."""
-    u, s, vh = torch.linalg.svd(weight.float(), full_matrices=False)
+    """(A [r, in], B [out, r]) with B @ A the best rank-r approximation of weight (Eckart-Young); with
+    the input `covariance` (X^T X, any positive scale) the best one for the output on those inputs."""
+    w = weight.double()
+    if covariance is None:
+        u, s, vh = torch.linalg.svd(w, full_matrices=False)
+    else:
+        chol = whitening(covariance, dampening)
+        u, s, vh = torch.linalg.svd(w @ chol, full_matrices=False)
+        vh = torch.linalg.solve_triangular(chol, vh, upper=False, left=False)  # V^T L^{-1}
     r = choose_rank(s, energy, rank)
     root = s[:r].sqrt()
-    return root.unsqueeze(1) * vh[:r], u[:, :r] * root.unsqueeze(0)
+    return (root.unsqueeze(1) * vh[:r]).float(), (u[:, :r] * root.unsqueeze(0)).float()
+
+
+def whitening(covariance: torch.Tensor, dampening: float) -> torch.Tensor:
+    """Lower Cholesky factor L of the damped covariance (L L^T = C + damp * mean(diag C) * I)."""
+    c = covariance.double()
+    c = c + dampening * c.diagonal().mean().clamp_min(1e-12) * torch.eye(len(c), dtype=c.dtype)
+    return torch.linalg.cholesky(c)
 
 
 def _replace(model, name: str, new: torch.nn.Module) -> None:
@@ -45,14 +69,23 @@ def _replace(model, name: str, new: torch.nn.Module) -> None:
 
 
 @torch.no_grad()
-def low_rank(model, targets: list[str], energy: float | None, rank: int | None, skip_if_not_smaller: bool):
+def low_rank(
+    model,
+    targets: list[str],
+    energy: float | None,
+    rank: int | None,
+    skip_if_not_smaller: bool,
+    covariances: dict[str, torch.Tensor] | None = None,
+    dampening: float = 0.01,
+):
     """Factorize the targets in place: each becomes Sequential(Linear(in, r), Linear(r, out)). Returns
     {layer: rank} (layers kept dense are left out) and the dense weights W_r for the standard export."""
     ranks, dense = {}, {}
     for name, lin in decoder_linears(model).items():
         if not any(name.endswith(t) for t in targets):
             continue
-        a, b = factorize(lin.weight, energy, rank)
+        cov = covariances.get(name) if covariances is not None else None
+        a, b = factorize(lin.weight, energy, rank, cov, dampening)
         r = a.shape[0]
         out_f, in_f = lin.weight.shape
         if skip_if_not_smaller and r * (in_f + out_f) >= in_f * out_f:
@@ -69,13 +102,28 @@ def low_rank(model, targets: list[str], energy: float | None, rank: int | None, 
     return ranks, dense
 
 
+def target_covariances(model, targets: list[str], windows: torch.Tensor) -> dict[str, torch.Tensor]:
+    """X^T X / n of each target layer's input on the calibration windows (GPTQ's Hessian, halved)."""
+    from pipelines.compress.calibration import input_hessians
+
+    layers = {n: m for n, m in decoder_linears(model).items() if any(n.endswith(t) for t in targets)}
+    return {k: h / 2 for k, h in input_hessians(model, windows, layers).items()}
+
+
 def apply(ctx, cfg, out_dir: str) -> dict:
     from pipelines.compress.measure import generation_speed
+    from pipelines.compress.recovery import recovery_finetune
 
     model = ctx.load_model()
     before = sum(p.numel() for p in model.parameters())
     dense_speed = generation_speed(model, ctx.tokenizer, 16)
-    ranks, dense = low_rank(model, cfg.targets, cfg.energy, cfg.rank, cfg.skip_if_not_smaller)
+    covs = (
+        target_covariances(model, cfg.targets, ctx.calib(cfg.calibration_samples)) if cfg.data_aware else None
+    )
+    ranks, dense = low_rank(
+        model, cfg.targets, cfg.energy, cfg.rank, cfg.skip_if_not_smaller, covs, cfg.dampening
+    )
+    del covs
     after = sum(p.numel() for p in model.parameters())
     t0 = time.perf_counter()
     factored_speed = generation_speed(model, ctx.tokenizer, 16)
@@ -89,8 +137,14 @@ def apply(ctx, cfg, out_dir: str) -> dict:
         "dense_hf_tokens_per_s_same_process": round(dense_speed, 2),
         "factorized_speedup": round(factored_speed / dense_speed, 3),
         "measure_s": round(time.perf_counter() - t0, 1),
+        "data_aware": cfg.data_aware,
         "export": "dense W_r = B @ A in a standard Llama folder",
     }
+    if cfg.recovery_steps:  # the factors train; the export multiplies the trained factors back
+        train = ctx.train_windows(min(64, cfg.recovery_steps * 4))
+        info["recovery"] = recovery_finetune(model, train, cfg.recovery_steps, cfg.recovery_lr)
+        with torch.no_grad():
+            dense = {n: model.get_submodule(n)[1].weight @ model.get_submodule(n)[0].weight for n in ranks}
     export = ctx.load_model()
     with torch.no_grad():
         for name, w in dense.items():

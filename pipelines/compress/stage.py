@@ -33,6 +33,8 @@ METHOD_MODULES = {
     "prune_unstructured": "pipelines.compress.prune_unstructured",
     "low_rank": "pipelines.compress.low_rank",
     "distill": "pipelines.compress.distill",
+    "weight_share": "pipelines.compress.weight_share",
+    "layer_drop": "pipelines.compress.layer_drop",
 }
 
 
@@ -61,7 +63,9 @@ def preflight(cfg: CompressConfig, base: str) -> dict:
     problems = []
     if not Path(_resolve(cfg.heldout)).is_file():
         problems.append(f"compress.heldout: {cfg.heldout} is not a file")
-    trains = any(getattr(m, "recovery_steps", 0) or m.method == "distill" for m in cfg.methods)
+    trains = any(
+        getattr(m, "recovery_steps", 0) or m.method in ("distill", "layer_drop") for m in cfg.methods
+    )
     if trains and not Path(_resolve(cfg.train_text)).is_file():
         problems.append(
             f"compress.train_text: {cfg.train_text} is not a file (recovery / distillation train on it)"
@@ -76,8 +80,15 @@ def _calibration_windows(cfg: CompressConfig) -> int:
 
 
 def run_compress(
-    cfg: CompressConfig, base: str, out_dir: str, seed: int = 0, log: Callable[[str], None] = print
+    cfg: CompressConfig,
+    base: str,
+    out_dir: str,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+    on_result: Callable[[dict, dict], None] | None = None,
 ) -> dict:
+    """Apply and measure every method; `on_result(base_metrics, results so far)` is called after each
+    method (a long benchmark keeps what it has measured if it is stopped)."""
     from transformers import AutoTokenizer
 
     torch.manual_seed(seed)
@@ -95,6 +106,7 @@ def run_compress(
         base=base,
         tokenizer=tokenizer,
         calibration=calib_w,
+        evaluation=eval_w,
         dtype=folder_dtype(base, cfg.dtype),
     )
     log(f"compress: base {base}: measuring ({eval_w.numel()} held-out tokens)")
@@ -129,7 +141,9 @@ def run_compress(
                 created_at=started,
             ),
         )
-        results[name] = {"method": m.method, "settings": settings, **metrics}
+        results[name] = {"method": m.method, "settings": settings, "compress_s": round(took, 2), **metrics}
+        if on_result is not None:
+            on_result(base_metrics, results)
         log(
             f"compress: {name}: perplexity {metrics['perplexity']:.3f} ({metrics['perplexity_ratio']:.3f}x), "
             f"size {metrics['size_ratio']:.3f}x, {metrics['bytes_per_parameter']:.3f} B/param, "

@@ -24,6 +24,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from pipelines.config_base import SectionConfig
+from pipelines.parallel.config import ParallelConfig
 
 
 class PretrainConfig(SectionConfig):
@@ -106,6 +107,9 @@ class PretrainConfig(SectionConfig):
     """encoder-decoder (T5) only: sentinel tokens `<extra_id_N>` added to the tokenizer."""
     log_every: int = Field(default=1, ge=1)
     """Send metrics to the driver (progress bar, metrics.jsonl, TensorBoard) every this many steps."""
+    parallel: ParallelConfig = ParallelConfig()
+    """3D parallelism (`raylm keys pretrain.parallel`): data x pipeline x tensor-parallel degrees of the
+    num_workers workers (docs/parallel.md). Default: all data parallel."""
 
     @model_validator(mode="after")
     def _consistent(self) -> PretrainConfig:
@@ -124,11 +128,38 @@ class PretrainConfig(SectionConfig):
             problems.append("precision fp16 needs GPUs (use_gpu is false): CPUs train in bf16 or fp32")
         if self.warmup_steps >= self.max_steps and self.max_steps > 1:
             problems.append(f"warmup_steps ({self.warmup_steps}) must be below max_steps ({self.max_steps})")
+        if self.parallel.pp > 1 or self.parallel.tp > 1 or self.parallel.dp is not None:
+            from pipelines.parallel.layout import LayoutError, check_layout
+
+            try:
+                problems += check_layout(self.layout, self.zero_stage)
+            except LayoutError as exc:
+                problems.append(str(exc))
         if problems:
             raise ValueError("; ".join(problems))
         return self
 
     @property
+    def layout(self):
+        """The dp x pp x tp `Layout` of the workers (`pipelines/parallel/layout.py`)."""
+        from pipelines.parallel.layout import layout_from
+
+        p = self.parallel
+        return layout_from(self.num_workers, p.dp, p.pp, p.tp)
+
+    @property
+    def tensor_parallel(self) -> int:
+        """Tensor-parallel degree (read by the dry run's memory estimate)."""
+        return self.parallel.tp
+
+    @property
+    def pipeline_parallel(self) -> int:
+        """Pipeline-parallel degree (read by the dry run's memory estimate)."""
+        return self.parallel.pp
+
+    @property
     def global_batch(self) -> int:
-        """Sequences per optimizer step over all workers."""
-        return self.micro_batch_size * self.grad_accum_steps * self.num_workers
+        """Sequences per optimizer step over all workers (the data-parallel ones: pipeline stages and
+        tensor shards of one replica see the same batch)."""
+        dp = self.num_workers // (self.parallel.pp * self.parallel.tp)
+        return self.micro_batch_size * self.grad_accum_steps * max(dp, 1)

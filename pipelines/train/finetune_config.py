@@ -1,10 +1,11 @@
-"""The recipe's `finetune` section: supervised fine-tuning (SFT) and DPO on Ray Train + DeepSpeed, with
-full fine-tuning or a peft method (LoRA, prefix tuning, P-tuning).
+"""The recipe's `finetune` section: supervised fine-tuning (SFT), DPO, a reward model and RLHF (RLOO against
+that reward model) on Ray Train + DeepSpeed, with full fine-tuning or a peft method (LoRA, prefix tuning,
+P-tuning).
 
 ```yaml
 finetune:
   base: assets:models/SmolLM2-135M-Instruct   # or a raylm model folder; empty: this run's pretrain/model
-  objective: sft          # sft | dpo
+  objective: sft          # sft | dpo | sft+dpo | reward | rlhf
   method: lora            # full | lora | prefix | p-tuning
   data: [assets:instructions/chatterbot.jsonl]
   max_steps: 40
@@ -28,18 +29,21 @@ PEFT_METHODS = ("lora", "prefix", "p-tuning")
 
 
 class FinetuneConfig(SectionConfig):
-    """Fine-tuning: SFT or DPO of a causal LM, full or parameter-efficient, as a Ray Train job."""
+    """Fine-tuning: SFT, DPO, a reward model or RLHF of a causal LM, full or parameter-efficient, as a Ray
+    Train job."""
 
     base: str | None = None
     """The model to tune: a Hugging Face causal-LM folder with its tokenizer (a raylm `pretrain/model`, or
     `assets:models/SmolLM2-135M-Instruct`). None: this run's `<run>/pretrain/model`."""
-    objective: Literal["sft", "dpo", "sft+dpo", "reward"] = "sft"
+    objective: Literal["sft", "dpo", "sft+dpo", "reward", "rlhf"] = "sft"
     """sft: next-token loss on the response tokens of (instruction, output) pairs. dpo: Direct Preference
     Optimization on (prompt, chosen, rejected) triples, against the base model as the reference. sft+dpo:
     SFT, then DPO of the SFT model (LoRA: merged first) with it as the reference, `dpo_max_steps` steps at
     `dpo_lr`; outputs in `sft/` and `dpo/` (methods full and lora). reward: a reward model, a
     sequence-classification head (one score) on the base's backbone, trained with the Bradley-Terry loss
-    -logsigmoid(r_chosen - r_rejected) on the same preference pairs as dpo (methods full and lora)."""
+    -logsigmoid(r_chosen - r_rejected) on the same preference pairs as dpo (methods full and lora). rlhf:
+    policy optimization of the base against `reward_model` with a KL penalty to the base (RLOO: `rlhf_samples`
+    sampled answers per prompt of `data`; methods full and lora)."""
     method: Literal["full", "lora", "prefix", "p-tuning"] = "lora"
     """full: every weight trains. lora: low-rank adapters on `lora_target_modules`. prefix: trained key/value
     prefixes in every layer (prefix tuning). p-tuning: trained virtual-token embeddings produced by a small
@@ -70,6 +74,20 @@ class FinetuneConfig(SectionConfig):
     """sft+dpo: optimizer steps of the DPO pass (`max_steps` is the SFT pass's)."""
     dpo_lr: float | None = Field(default=None, gt=0)
     """sft+dpo: peak learning rate of the DPO pass. None: lr / 2."""
+    reward_model: str | None = None
+    """rlhf: the reward model scoring sampled answers: the `model/` folder of an `objective: reward` run (a
+    LoRA adapter with its score head, or a full sequence-classification folder). A local path, `assets:`, or
+    `run:<folder>` relative to this run's folder. Its tokenizer must be the base's."""
+    rlhf_samples: int = Field(default=4, ge=2)
+    """rlhf: answers sampled per prompt (RLOO's k); an answer's baseline is the mean reward of the other
+    k-1."""
+    rlhf_beta: float = Field(default=0.05, ge=0)
+    """rlhf: KL penalty; a sampled answer's reward is its reward-model score minus rlhf_beta x its summed
+    log-ratio log p_policy - log p_reference."""
+    rlhf_temperature: float = Field(default=1.0, gt=0)
+    """rlhf: sampling temperature of the rollouts (the log-probabilities use the same temperature)."""
+    rlhf_max_new_tokens: int = Field(default=32, ge=1)
+    """rlhf: longest sampled answer; a prompt must leave this much room within max_seq_len."""
     lora_rank: int = Field(default=8, ge=1)
     """lora: rank r of each adapter (A: r x in, B: out x r)."""
     lora_alpha: float = Field(default=16.0, gt=0)
@@ -102,7 +120,8 @@ class FinetuneConfig(SectionConfig):
     cpus_per_worker: float = Field(default=1.0, gt=0)
     """Ray CPUs each worker reserves; on CPU workers also its torch threads."""
     micro_batch_size: int = Field(default=4, ge=1)
-    """Records per worker per forward (a dpo record is two sequences: chosen and rejected)."""
+    """Records per worker per forward (a dpo record is two sequences: chosen and rejected; an rlhf record is
+    a prompt with rlhf_samples sampled answers)."""
     grad_accum_steps: int = Field(default=1, ge=1)
     """Micro-batches accumulated per optimizer step."""
     max_steps: int = Field(default=60, ge=1)
@@ -171,6 +190,29 @@ class FinetuneConfig(SectionConfig):
                 f"objective reward needs method full or lora (got {self.method}): a score head reads the "
                 "last token's hidden state, which virtual tokens do not feed into peft's classifier"
             )
+        if self.objective == "rlhf":
+            if self.method not in ("full", "lora"):
+                problems.append(
+                    f"objective rlhf needs method full or lora (got {self.method}): rollouts use generate's "
+                    "KV cache, which peft's prefix key/values break, and the reference is the adapter "
+                    "switched off or a frozen copy"
+                )
+            if not self.reward_model:
+                problems.append(
+                    "objective rlhf needs reward_model: the model/ folder of an objective: reward run"
+                )
+            if self.zero_stage == 3:
+                problems.append(
+                    "objective rlhf needs zero_stage 0-2: rollouts generate token by token, and under "
+                    "ZeRO-3 every token would gather every layer's weights"
+                )
+            if self.rlhf_max_new_tokens >= self.max_seq_len:
+                problems.append(
+                    f"rlhf_max_new_tokens ({self.rlhf_max_new_tokens}) must be below max_seq_len "
+                    f"({self.max_seq_len}): the prompt needs room too"
+                )
+        elif self.reward_model:
+            problems.append(f"reward_model is used by objective rlhf only (got objective {self.objective})")
         if self.objective == "sft+dpo" and self.method not in ("full", "lora"):
             problems.append(
                 f"objective sft+dpo needs method full or lora (got {self.method}): DPO starts from the SFT "

@@ -9,7 +9,11 @@ a seeded RNG, which makes the order after a resume exactly the one the interrupt
 
 Objectives: `sft` (cross-entropy on the response tokens), `dpo` (the DPO loss against a frozen
 reference: for peft methods the same model with its adapter disabled, for full fine-tuning a frozen copy
-of the base) and `reward` (a one-score head on the backbone, Bradley-Terry loss on the same pairs).
+of the base), `reward` (a one-score head on the backbone, Bradley-Terry loss on the same pairs) and `rlhf`
+(RLOO against a frozen reward model with a KL penalty to the same reference, `pipelines.train.rlhf`).
+
+Rank 0 also sets raylm's Ray metrics (`pipelines.metrics`: train_loss, train_tokens_per_second, and per
+objective train_margin / train_accuracy / train_reward / train_kl), as the pretraining loop does.
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         hf_ds_config = HfDeepSpeedConfig(ds_config)
     base_dir = config["base_dir"]
     reward = cfg.objective == "reward"
+    rlhf = cfg.objective == "rlhf"
     if reward:  # the backbone plus a new one-score head (transformers' *ForSequenceClassification)
         from transformers import AutoModelForSequenceClassification
 
@@ -89,7 +94,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()  # peft: frozen embeddings would otherwise cut the graph
     reference = None
-    if cfg.objective == "dpo" and cfg.method == "full":
+    if cfg.objective in ("dpo", "rlhf") and cfg.method == "full":
         # full fine-tuning changes every weight, so the reference is a frozen copy of the base (peft
         # methods use the same model with the adapter switched off: no second copy)
         reference = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, local_files_only=True)
@@ -101,12 +106,34 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model=model, optimizer=optimizer, lr_scheduler=lambda opt: make_scheduler(opt, cfg), config=ds_config
     )
     peft = cfg.method != "full"
+    rloo = None
+    if rlhf:  # the reward model (frozen) and what rollouts need to render prompts and answers
+        from transformers import AutoTokenizer
+
+        from pipelines.train.rlhf import Rloo, load_reward_model
+        from pipelines.train.sft_data import Template
+
+        tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
+        rloo = Rloo(
+            tokenizer=tokenizer,
+            template=Template(config["template"]),
+            reward_model=load_reward_model(config["reward_model"], config["pad_id"]).to(device),
+            k=cfg.rlhf_samples,
+            beta=cfg.rlhf_beta,
+            temperature=cfg.rlhf_temperature,
+            max_new_tokens=cfg.rlhf_max_new_tokens,
+            pad_id=config["pad_id"],
+            device=device,
+        )
 
     # ---- resume
     state: dict[str, Any] = {"step": 0, "tokens": 0, "micro_batches": 0, "train_s": 0.0, "before": None}
+    from pipelines.train.checkpoint_integrity import verify_checksums, write_checksums
+
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
+            verify_checksums(d, rank, world)  # a damaged checkpoint is refused, never half-loaded
             # a peft checkpoint holds the trainable weights only: the frozen base comes from `base`
             _, client = engine.load_checkpoint(d, tag=STATE_TAG, load_module_strict=not peft)
         state.update((client or {}).get(CLIENT_STATE, {}))
@@ -132,8 +159,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     logits = model_logits(engine.module, batch)
             return response_logprobs(logits, batch["labels"])[0]
 
-    def forward(items: list) -> tuple[Any, dict[str, Any]]:
+    def forward(items: list, train: bool = True) -> tuple[Any, dict[str, Any]]:
         """(loss to backpropagate, sums to log: loss x weight, weight, real tokens, dpo margins...)."""
+        if rloo is not None:
+            return rloo.step(engine, engine.module, reference, items, train)
         if not pairwise:
             batch = to_device(collate(items, pad_id))
             loss, n = sft_loss(model_logits(engine, batch), batch["labels"])
@@ -171,6 +200,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         return loss, sums
 
     keys = ["loss", "weight", "tokens"] + (["margin", "accuracy", "logp_accuracy"] if pairwise else [])
+    if rlhf:
+        keys += ["reward", "kl", "objective", "length"]
 
     def reduce(sums: dict[str, Any]) -> dict[str, float]:
         vec = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64, device=device)
@@ -183,14 +214,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         log-probability: meaningful before training too, when the margin is 0 by definition)."""
         total = dict.fromkeys(keys, 0.0)
         engine.eval()
-        with torch.no_grad():
+        # rlhf samples: the same seed at every evaluation, so before/after differ by the policy only
+        with torch.no_grad(), torch.random.fork_rng(devices=[device] if on_gpu else []):
+            torch.manual_seed(config["seed"] * 1000 + rank)
             for i in range(0, len(heldout), cfg.micro_batch_size):
-                _, sums = forward(heldout[i : i + cfg.micro_batch_size])
+                _, sums = forward(heldout[i : i + cfg.micro_batch_size], train=False)
                 for k in keys:
                     total[k] += float(sums[k])
         engine.train()
         total = reduce(total)
         w = max(total["weight"], 1)
+        if rlhf:  # mean score of the sampled answers, their KL to the reference, score - beta KL, length
+            return {f"heldout_{k}": total[k] / w for k in ("reward", "kl", "objective", "length")}
         out = {"heldout_loss": total["loss"] / w}
         if pairwise:
             out.update(
@@ -202,11 +237,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             out["heldout_ppl"] = math.exp(min(out["heldout_loss"], 50.0))
         return out
 
+    from pipelines import metrics
+
     sink = config.get("sink")
+    tags = {"run": str(config.get("run", "")), "phase": f"finetune/{cfg.objective}"}
 
     def send(record: dict[str, Any]) -> None:
-        if rank == 0 and sink is not None:
+        if rank != 0:
+            return
+        if sink is not None:
             sink.put.remote(record)
+        if record.get("kind") == "train":  # beside Ray's own metrics in the dashboard / Prometheus
+            metrics.set_gauge("train_loss", record["loss"], **tags)
+            metrics.set_gauge("train_tokens_per_second", record["tokens_per_s"], **tags)
+            for key in ("margin", "accuracy", "reward", "kl"):
+                if record.get(key) is not None:
+                    metrics.set_gauge(f"train_{key}", record[key], **tags)
 
     def save(report: dict[str, Any], final: bool) -> None:
         with tempfile.TemporaryDirectory(prefix="raylm-ft-ckpt-") as d:
@@ -220,6 +266,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                         engine.module.save_pretrained(str(out), safe_serialization=True)
                 else:
                     export_hf(engine, None, out, rank, cfg.zero_stage)
+            write_checksums(d, rank, world, step=state["step"])
             ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(d))
 
     # ---- before any step: the base model's held-out metrics (kept in the checkpoints' state)
@@ -250,6 +297,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 continue
             micro = 0
             step += 1
+            if rank == 0:
+                metrics.inc("train_steps", 1, **tags)
             now = time.perf_counter()
             total = reduce(acc)
             attempt = torch.tensor([now - t_attempt], dtype=torch.float64, device=device)
@@ -278,6 +327,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             }
             if pairwise:
                 last.update(margin=total["margin"] / w, accuracy=total["accuracy"] / w)
+            if rlhf:  # per sampled answer
+                last.update({k: total[k] / w for k in ("reward", "kl", "objective", "length")})
             done = step >= cfg.max_steps
             if cfg.time_budget_s and attempt_s >= cfg.time_budget_s and not done:
                 done, stop_reason = True, "time_budget_s"

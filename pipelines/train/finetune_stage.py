@@ -7,6 +7,9 @@ quarantined and counted; the held-out split is made by instruction. Then a Ray T
 `checkpoint_storage/finetune-<key>/` (the key hashes the base, the data, the seed and the settings that
 shape the trajectory, not max_steps: a re-run or a longer run continues from the latest checkpoint).
 
+For `rlhf` the records are prompts only; the answers are sampled by the policy on the workers and scored
+by `reward_model` (`pipelines.train.rlhf`).
+
 The stage folder gets `model/` (a full Hugging Face folder, or for peft methods an adapter folder in
 peft's format: adapter_config.json + adapter_model.safetensors; both with the tokenizer), `merged/` (LoRA
 folded into the base, with `merge`), `metrics.jsonl`, `tensorboard/`, `loss_curve.png`, `quarantine/`
@@ -39,6 +42,18 @@ from pipelines.train.sft_data import (
     normalize,
     read_records,
     split_heldout,
+)
+
+# What alignment records carry beyond the loss (DPO / reward model: margin, accuracy; RLHF: reward, KL).
+ALIGN_METRIC_KEYS = (
+    "margin",
+    "accuracy",
+    "heldout_margin",
+    "heldout_accuracy",
+    "reward",
+    "kl",
+    "heldout_reward",
+    "heldout_kl",
 )
 
 
@@ -97,8 +112,20 @@ def prepare(cfg: FinetuneConfig, base_dir: str, seed: int) -> Prepared:
         if cfg.objective in ("dpo", "reward"):
             train_ex = build_preferences(train_ex, cfg.rejected, seed)
             held_ex = build_preferences(held_ex, cfg.rejected, seed + 1)
-        train = encode_examples(tokenizer, template, train_ex, cfg.objective, cfg.max_seq_len, quarantine)
-        heldout = encode_examples(tokenizer, template, held_ex, cfg.objective, cfg.max_seq_len, quarantine)
+        if cfg.objective == "rlhf":  # prompts only: the answers are sampled from the policy
+            from pipelines.train.rlhf import check_reward_model, encode_prompts
+
+            problems = check_reward_model(cfg.reward_model or "", tokenizer)
+            if problems:
+                raise FinetuneInputError(problems)
+            room = cfg.max_seq_len - cfg.rlhf_max_new_tokens
+            train = encode_prompts(tokenizer, template, train_ex, room, quarantine)
+            heldout = encode_prompts(tokenizer, template, held_ex, room, quarantine)
+        else:
+            train = encode_examples(tokenizer, template, train_ex, cfg.objective, cfg.max_seq_len, quarantine)
+            heldout = encode_examples(
+                tokenizer, template, held_ex, cfg.objective, cfg.max_seq_len, quarantine
+            )
     except FinetuneDataError as exc:
         raise FinetuneInputError(exc.problems) from None
     per_step = cfg.num_workers * cfg.micro_batch_size
@@ -164,6 +191,8 @@ def checkpoint_key(cfg: FinetuneConfig, base_dir: str, seed: int) -> str:
             "base": base_fingerprint(base_dir),
             "data": data_fingerprint(cfg.data),
             "seed": seed,
+            # rlhf: another reward model is another trajectory
+            **({"reward_model": base_fingerprint(cfg.reward_model)} if cfg.reward_model else {}),
         }
     )
 
@@ -251,11 +280,11 @@ def run_finetune(
     """Fine-tune `base_dir`; write the stage outputs into `out_dir` (local); return the summary."""
     import ray
 
+    from pipelines.train.finetune_plots import plot_finetune_curves
     from pipelines.train.progress import (
         Monitor,
         fit_with_progress,
         metrics_sink_class,
-        plot_loss_curve,
         write_jsonl,
         write_tensorboard,
     )
@@ -289,6 +318,9 @@ def run_finetune(
         "train_items": prep.train.items,
         "heldout_items": prep.heldout.items,
         "pad_id": prep.tokenizer.pad_token_id,
+        "template": prep.template.kind,
+        "reward_model": str(Path(cfg.reward_model).resolve()) if cfg.reward_model else None,
+        "run": name,  # the `run` tag of raylm's Ray metrics (pipelines/metrics.py)
         "seed": seed,
         "on_gpu": on_gpu,
         "sink": sink,
@@ -315,9 +347,11 @@ def run_finetune(
         records,
         join(out_dir, "tensorboard"),
         prefix="finetune",
-        extra_keys=("margin", "accuracy", "heldout_margin"),
+        extra_keys=ALIGN_METRIC_KEYS,
     )
-    plot_loss_curve(records, join(out_dir, "loss_curve.png"), title=f"finetune {cfg.objective}/{cfg.method}")
+    plot_finetune_curves(
+        records, join(out_dir, "loss_curve.png"), title=f"finetune {cfg.objective}/{cfg.method}"
+    )
     write_json_atomic(join(out_dir, "deepspeed_config.json"), final.get("deepspeed_config", {}))
 
     summary = _summary(cfg, records, final, fit_s, prep, key, str(result.checkpoint.path))
@@ -332,6 +366,11 @@ def run_finetune(
     summary["wall_s"] = round(time.perf_counter() - t0, 2)
     write_json_atomic(join(out_dir, "summary.json"), summary)
     b, a = summary["heldout_before"], summary["heldout_after"]
+    if cfg.objective == "rlhf":
+        log(
+            f"finetune: rlhf step {summary['step']} held-out reward {b.get('heldout_reward', 0):.4f} -> "
+            f"{a.get('heldout_reward', 0):.4f}, KL to the reference {a.get('heldout_kl', 0):.3f}"
+        )
     log(
         f"finetune: step {summary['step']} held-out loss {b.get('heldout_loss', float('nan')):.4f} -> "
         f"{a.get('heldout_loss', float('nan')):.4f}; trainable {100 * summary['trainable_share']:.3f}% "
@@ -441,6 +480,10 @@ def _summary(
         "heldout_margin",
         "heldout_accuracy",
         "heldout_logp_accuracy",
+        "heldout_reward",
+        "heldout_kl",
+        "heldout_objective",
+        "heldout_length",
     )
     after = {k: final[k] for k in heldout_keys if final.get(k) is not None}
     out: dict[str, Any] = {

@@ -119,6 +119,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     from pipelines import metrics
     from pipelines.models import ModelConfig, Vocab, build_model
+    from pipelines.train.checkpoint_integrity import verify_checksums, write_checksums
     from pipelines.train.ds_config import deepspeed_config, make_optimizer, make_scheduler
     from pipelines.train.flops import matmul_peak
     from pipelines.train.objectives import ObjectiveSpec, forward_loss, prepare_batch
@@ -154,6 +155,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d, _rank0_timer(rank, "load", tags):
+            verify_checksums(d, rank, world)  # a damaged checkpoint is refused, never half-loaded
             _, client = engine.load_checkpoint(d, tag=STATE_TAG)
         state.update((client or {}).get(CLIENT_STATE, {}))
     start_step = state["step"]
@@ -234,10 +236,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 engine.save_checkpoint(d, tag=STATE_TAG, client_state={CLIENT_STATE: dict(state)})
             if final:
                 export_hf(engine, model_cfg, Path(d) / HF_EXPORT, rank, cfg.zero_stage)
+            write_checksums(d, rank, world, step=state["step"])
             ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(d))
 
     fail_at = config.get("fail_at_step")
     fail_marker = config.get("fail_marker")
+    if checkpoint is not None:  # a restart or re-run: marked in the log, so the loss curve shows where
+        send({"kind": "resume", "step": start_step, "at": time.time()})
 
     # ---- train
     step = start_step

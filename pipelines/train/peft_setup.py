@@ -37,29 +37,50 @@ def peft_config(cfg: FinetuneConfig):
     return None
 
 
-def module_names(base_dir: str) -> list[str]:
-    """Every module name of the base model, from its config on the meta device (no weights read)."""
+LORA_LAYER_TYPES = {"Linear", "Embedding", "Conv1d", "Conv2d", "Conv3d", "Conv1D", "MultiheadAttention"}
+"""Module classes peft 0.21's LoRA can wrap; a target of another class (a whole block, an MLP, a norm)
+fails deep inside peft."""
+
+
+def module_names(base_dir: str) -> dict[str, str]:
+    """Every module name of the base model and its class name, from its config on the meta device (no
+    weights read)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(base_dir, local_files_only=True)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
-    return [name for name, _ in model.named_modules()]
+    return {name: type(module).__name__ for name, module in model.named_modules()}
 
 
-def check_target_modules(cfg: FinetuneConfig, names: list[str]) -> list[str]:
-    """LoRA targets the model has no module for (peft's matching: the name or a dotted suffix of it)."""
+def check_target_modules(cfg: FinetuneConfig, names: list[str] | dict[str, str]) -> list[str]:
+    """LoRA targets the model has no module for (peft's matching: the name or a dotted suffix of it), and,
+    when `names` maps names to class names, targets that match only modules LoRA cannot wrap."""
     if cfg.method != "lora" or cfg.lora_target_modules == ["all-linear"]:
         return []
-    missing = [t for t in cfg.lora_target_modules if not any(n == t or n.endswith("." + t) for n in names)]
-    if not missing:
-        return []
+
+    def matches(t: str) -> list[str]:
+        return [n for n in names if n == t or n.endswith("." + t)]
+
+    missing = [t for t in cfg.lora_target_modules if not matches(t)]
+    problems = []
     leaves = sorted({n.rsplit(".", 1)[-1] for n in names if n and not n.rsplit(".", 1)[-1].isdigit()})
-    return [
-        f"finetune.lora_target_modules: {', '.join(missing)} not in the base model (its module names "
-        f"include: {', '.join(leaves)})"
-    ]
+    if missing:
+        problems.append(
+            f"finetune.lora_target_modules: {', '.join(missing)} not in the base model (its module names "
+            f"include: {', '.join(leaves)})"
+        )
+    if isinstance(names, dict):
+        for t in cfg.lora_target_modules:
+            found = matches(t)
+            kinds = sorted({names[n] for n in found} - LORA_LAYER_TYPES)
+            if found and kinds:
+                problems.append(
+                    f"finetune.lora_target_modules: {t} names {', '.join(kinds)} modules, which LoRA cannot "
+                    "wrap (it adapts Linear / Embedding / Conv layers: e.g. q_proj, v_proj, or all-linear)"
+                )
+    return problems
 
 
 def apply_method(model, cfg: FinetuneConfig):

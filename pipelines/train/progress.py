@@ -60,7 +60,8 @@ def dedupe(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Keep the latest record per (kind, step): steps redone after a restart replace the first try."""
     latest: dict[tuple, dict[str, Any]] = {}
     for r in records:
-        latest[(r.get("kind"), r.get("step"))] = r
+        # every restart is kept (two can resume from the same checkpoint); other kinds keep the latest
+        latest[(r.get("kind"), r.get("step"), r.get("at") if r.get("kind") == "resume" else None)] = r
     return sorted(latest.values(), key=lambda r: (r.get("step") or 0, r.get("kind") != "train"))
 
 
@@ -109,7 +110,13 @@ class Monitor:
                     post["heldout"] = f"{self._heldout:.3f}"
                 self.bar.set_postfix(post, refresh=False)
                 self.bar.refresh()
-        if new and time.monotonic() - self._last_write > 10:
+        if new and "://" not in self.log_uri:
+            # appended at once: a driver killed now loses no step from the lasting log (read back and
+            # de-duplicated by the re-run); remote storage gets the whole file every 10 s instead
+            Path(self.log_uri).parent.mkdir(parents=True, exist_ok=True)
+            with open(self.log_uri, "a", encoding="utf-8") as f:
+                f.write("".join(json.dumps(r, default=str) + "\n" for r in new if r.get("kind") != "final"))
+        elif new and time.monotonic() - self._last_write > 10:
             self.flush()
 
     def flush(self) -> None:
@@ -226,11 +233,17 @@ def fit_with_progress(trainer, monitor: Monitor, what: str) -> tuple[Any, float]
     finally:
         monitor.close()
     fit_s = time.perf_counter() - t_fit
-    if "error" in outcome:
-        raise outcome["error"]
+    error = outcome.get("error") or outcome["result"].error
+    if error is not None:
+        from pipelines.train.checkpoint_integrity import corrupt_checkpoint_message
+
+        damaged = corrupt_checkpoint_message(error)
+        if damaged:  # the user's move, not a bug: say which file, without Ray's nested tracebacks
+            from cluster.config import RecipeError
+
+            raise RecipeError([f"{what} cannot resume: {damaged}"]) from None
+        raise error
     result = outcome["result"]
-    if result.error is not None:
-        raise result.error
     if result.checkpoint is None:
         raise RuntimeError(f"{what} ended without a checkpoint")
     return result, fit_s

@@ -4,8 +4,8 @@ Everything here runs in the driver before any worker starts (instruction sets ar
 records), so a bad file is refused, and bad records are quarantined and counted, before training.
 
 - A record is `{instruction, output}` (or `{prompt, response}`) for SFT and `{prompt, chosen, rejected}`
-  for DPO. Records with an empty or missing field, or longer than `max_seq_len` once templated, go to the
-  quarantine with the reason; nothing is dropped silently.
+  for DPO. Records with an empty or missing field, a rejected answer equal to the chosen one, or longer
+  than `max_seq_len` once templated, go to the quarantine with the reason; nothing is dropped silently.
 - The prompt is rendered with the tokenizer's chat template (a user turn plus the assistant's generation
   prompt) or, for a tokenizer without one, `SIMPLE_TEMPLATE`. The response is what the full conversation
   adds after the prompt (the template's end-of-turn tokens included); with the simple template it is the
@@ -125,6 +125,9 @@ def normalize(records: list[tuple[str, Any]], quarantine: Quarantine) -> list[Ex
         ]
         if missing:
             quarantine.add(where, f"empty field: {', '.join(missing)}", rec)
+            continue
+        if rejected is not None and rejected.strip() == chosen.strip():  # no preference to learn
+            quarantine.add(where, "identical answers: chosen equals rejected", rec)
             continue
         out.append(Example(prompt.strip(), chosen.strip(), rejected.strip() if rejected else None))
     return out

@@ -92,6 +92,8 @@ def make_trainer(
             num_workers=section.num_workers,
             use_gpu=on_gpu,
             resources_per_worker={"CPU": section.cpus_per_worker, **({"GPU": 1} if on_gpu else {})},
+            # pretrain.parallel.placement_strategy: PACK keeps a tensor group (consecutive ranks) on a node
+            placement_strategy=getattr(getattr(section, "parallel", None), "placement_strategy", "PACK"),
         ),
         run_config=RunConfig(
             name=name,
@@ -159,6 +161,7 @@ def preflight(
     elif seq_len is not None:
         problems += check_model_fits(model, seq_len, "tokenizer.seq_len")
     problems += check_layout(pretrain, resources)
+    problems += _parallel_problems(model, pretrain)
     if problems:
         raise PretrainInputError(problems)
 
@@ -197,12 +200,32 @@ def checkpoint_key(
     )
 
 
-def _datasets(data: TokenData, eval_rows: int):
+def _parallel_problems(model: ModelConfig, pretrain: PretrainConfig) -> list[str]:
+    """The pipeline/tensor layout against the model (family, heads, layers); pipelines/parallel/layout.py."""
+    p = pretrain.parallel
+    if p.pp == 1 and p.tp == 1:
+        return []
+    from pipelines.parallel.layout import check_layout as check_parallel
+
+    return [
+        f"pretrain.{x}"
+        for x in check_parallel(pretrain.layout, pretrain.zero_stage, model.family, model.resolved())
+    ]
+
+
+def _model_parallel(pretrain: PretrainConfig) -> bool:
+    return pretrain.parallel.pp > 1 or pretrain.parallel.tp > 1
+
+
+def _datasets(data: TokenData, eval_rows: int, ordered: bool = False):
     import ray.data
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
-    saved = ctx.use_datasource_v2, ctx.enable_progress_bars
+    saved = ctx.use_datasource_v2, ctx.enable_progress_bars, ctx.execution_options.preserve_order
+    # ordered: every worker of a pipeline/tensor layout reads the whole stream and keeps its replica's
+    # rows, so all of them must see the rows in the same order
+    ctx.execution_options.preserve_order = ordered or saved[2]
     # The V1 Parquet reader lists files in the driver; V2's listing runs as a 1-CPU task that can never
     # schedule when the Train workers hold every CPU (a 2-CPU machine with 2 workers). Each dataset keeps
     # a copy of the context it was made under, so the process-wide settings are restored after.
@@ -213,7 +236,7 @@ def _datasets(data: TokenData, eval_rows: int):
         if data.heldout_rows and eval_rows:
             out["heldout"] = ray.data.read_parquet(data.heldout_dir, num_cpus=0).limit(eval_rows)
     finally:
-        ctx.use_datasource_v2, ctx.enable_progress_bars = saved
+        ctx.use_datasource_v2, ctx.enable_progress_bars, ctx.execution_options.preserve_order = saved
     return out
 
 
@@ -279,6 +302,8 @@ def run_pretrain(
     fail_at = os.environ.get(FAIL_AT_STEP_ENV)
     eval_rows = min(pretrain.eval_sequences, data.heldout_rows)
     eval_rows -= eval_rows % pretrain.num_workers  # equal shards
+    if _model_parallel(pretrain):
+        eval_rows = 0  # the pipeline/tensor worker has no held-out evaluation yet (docs/parallel.md)
     from pipelines.train.progress import Monitor, fit_with_progress, metrics_sink_class
 
     sink = metrics_sink_class().remote()
@@ -298,16 +323,17 @@ def run_pretrain(
         "fail_at_step": int(fail_at) if fail_at else None,
         "fail_marker": join(checkpoint_root, f".{name}.failed_once") if fail_at else None,
     }
-    datasets = _datasets(data, eval_rows)
+    datasets = _datasets(data, eval_rows, ordered=_model_parallel(pretrain))
     trainer = make_trainer(
-        _loop_fn(),
+        _loop_fn(pretrain),
         train_config,
         pretrain,
         on_gpu,
         name,
         checkpoint_root,
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split="all"),
+        # a pipeline/tensor layout shards along dp only: each worker takes its replica's rows itself
+        dataset_config=DataConfig(datasets_to_split=[] if _model_parallel(pretrain) else "all"),
     )
     log_uri = join(run_root, "raylm_metrics.jsonl")
     monitor = Monitor(sink, log_uri, pretrain.max_steps, log)
@@ -345,14 +371,18 @@ def run_pretrain(
     write_json_atomic(join(out_dir, "summary.json"), summary)
     log(
         f"pretrain: step {summary['step']} loss {summary.get('loss', float('nan')):.4f} "
-        f"held-out ppl {summary.get('heldout_ppl', float('nan')):.2f} "
+        f"held-out ppl {summary.get('heldout_ppl') or float('nan'):.2f} "  # None: a pp/tp run has none
         f"{summary.get('tokens_per_s', 0):,.0f} tokens/s MFU {100 * (summary.get('mfu') or 0):.1f}% "
         f"-> {model_dir}"
     )
     return summary
 
 
-def _loop_fn():
+def _loop_fn(pretrain: PretrainConfig | None = None):
+    if pretrain is not None and _model_parallel(pretrain):
+        from pipelines.parallel.loop import parallel_train_loop_per_worker
+
+        return parallel_train_loop_per_worker
     from pipelines.train.loop import train_loop_per_worker
 
     return train_loop_per_worker
@@ -399,6 +429,8 @@ def _summary(
             "memory_peak_gb_per_worker",
             "memory_base_gb_per_worker",
             "tokens_seen",
+            "layout",  # a pipeline/tensor layout's (pipelines/parallel/loop.py)
+            "parameters_per_worker",
         )
     }
     if steady:

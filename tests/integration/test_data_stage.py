@@ -56,7 +56,30 @@ def sentence(i: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def local_ray():
+def s3_endpoint():
+    """A moto S3 server on 127.0.0.1. Its address goes into the environment before Ray starts, so the
+    Ray workers (which inherit the driver's environment) reach it too; pyarrow's S3 filesystem reads
+    AWS_ENDPOINT_URL_S3."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {
+        "AWS_ENDPOINT_URL_S3": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        yield env["AWS_ENDPOINT_URL_S3"]
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def local_ray(s3_endpoint):
     with ray_session(num_cpus=2):
         yield
 
@@ -103,18 +126,30 @@ def inputs(tmp_path_factory):
     return root
 
 
-def recipe_text(root, run_dir, extra: str = "") -> str:
+# what the malformed records of `inputs` (none in the HF dataset) end up as, by reason
+EXPECTED_QUARANTINE = {
+    "bad_csv_row": 1,
+    "bad_encoding": 2,
+    "bad_json": 1,
+    "bad_type:score": 2,
+    "unreadable_file": 1,
+}
+
+LOCAL_INPUTS = """
+    - {{path: {root}/text, format: text}}
+    - {{path: {root}/docs.jsonl}}
+    - {{path: {root}/table.csv}}
+    - {{path: {root}/pq, text_field: body}}
+    - {{path: {root}/hf}}"""
+
+
+def recipe_text(root, run_dir, extra: str = "", inputs: str = LOCAL_INPUTS) -> str:
     return f"""
 name: datatest
 run_dir: {run_dir}
 cluster: {{num_cpus: 2}}
 data:
-  inputs:
-    - {{path: {root}/text, format: text}}
-    - {{path: {root}/docs.jsonl}}
-    - {{path: {root}/table.csv}}
-    - {{path: {root}/pq, text_field: body}}
-    - {{path: {root}/hf}}
+  inputs:{inputs.format(root=root)}
   columns: {{score: float}}
   batch_size: 16
   operators:
@@ -148,13 +183,7 @@ def test_stages_ran_and_accounting_balances(first_run):
     assert [r.stage for r in results] == ["data", "tokenize"] and not any(r.skipped for r in results)
     stats = json.loads((run_dir / "data" / "stats.json").read_text())
     assert stats["balanced"], stats["identity"]
-    assert stats["quarantined"] == {
-        "bad_csv_row": 1,
-        "bad_encoding": 2,
-        "bad_json": 1,
-        "bad_type:score": 2,
-        "unreadable_file": 1,
-    }
+    assert stats["quarantined"] == EXPECTED_QUARANTINE
     assert stats["dropped"]["exact_duplicate"] == 1
     assert stats["dropped"]["near_duplicate"] >= 1
     assert stats["dropped"]["zscore_outlier"] == 1
@@ -254,9 +283,57 @@ def test_global_statistics_on_ray_equal_pandas(local_ray):
     x = rng.normal(5, 2, 3000)
     x[::13] = np.nan
     df = pd.DataFrame({"x": x, "s": ["a" if i % 7 else None for i in range(3000)]})
-    requests = [StatRequest("mean", "x"), StatRequest("std", "x", ddof=0), StatRequest("std", "x", ddof=1),
-                StatRequest("quantile", "x", q=0.25), StatRequest("quantile", "x", q=0.75),
-                StatRequest("missing_ratio", "x"), StatRequest("missing_ratio", "s")]
+    requests = [
+        StatRequest("mean", "x"),
+        StatRequest("std", "x", ddof=0),
+        StatRequest("std", "x", ddof=1),
+        StatRequest("quantile", "x", q=0.25),
+        StatRequest("quantile", "x", q=0.75),
+        StatRequest("missing_ratio", "x"),
+        StatRequest("missing_ratio", "s"),
+    ]
     got = ray_stats(ray.data.from_pandas(df).repartition(7), requests)
     expected = pandas_stats(df, requests)
     assert got == pytest.approx(expected, rel=1e-12)
+
+
+S3_INPUTS = """
+    - {{path: "s3://corpus/raw/text", format: text}}
+    - {{path: "s3://corpus/raw/docs.jsonl.gz"}}
+    - {{path: "s3://corpus/raw/table.csv"}}
+    - {{path: "s3://corpus/raw/pq", text_field: body}}"""
+
+
+def test_s3_inputs_give_what_the_same_local_files_give(local_ray, s3_endpoint, inputs, tmp_path):
+    """The same files read from `s3://` (a moto server on 127.0.0.1; the JSONL gzipped on the way) by the
+    Ray data stage give the rows and quarantine that the in-process runner gives on the local copies."""
+    import gzip
+
+    import boto3
+
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="corpus")
+    for f in sorted(p for p in inputs.rglob("*") if p.is_file() and "hf" not in p.parts):
+        key = "raw/" + str(f.relative_to(inputs))
+        body = f.read_bytes()
+        if f.name == "docs.jsonl":
+            key, body = key + ".gz", gzip.compress(body)
+        client.put_object(Bucket="corpus", Key=key, Body=body)
+
+    run_dir = tmp_path / "run"
+    cfg = parse_recipe(recipe_text(inputs, run_dir, inputs=S3_INPUTS))
+    results = run_recipe(cfg, only={"data"})
+    assert [r.stage for r in results] == ["data"]
+    stats = json.loads((run_dir / "data" / "stats.json").read_text())
+    assert stats["balanced"], stats["identity"]
+    assert [i["records"] for i in stats["inputs"]] == [13, 48, 32, 26]
+    assert stats["quarantined"] == EXPECTED_QUARANTINE
+    quarantine = read_quarantine(str(run_dir / "data" / "quarantine"))
+    assert {q["source_file"] for q in quarantine if q["reason"] == "bad_json"} == {"corpus/raw/docs.jsonl.gz"}
+
+    local_inputs = "\n".join(LOCAL_INPUTS.splitlines()[:-1])  # the same inputs, without the HF dataset
+    local_cfg = parse_recipe(recipe_text(inputs, tmp_path / "local", inputs=local_inputs))
+    ref, _, _, _ = run_local(local_cfg.data, preflight(local_cfg.data), local_cfg.seed, str(tmp_path / "q"))
+    out = pd.read_parquet(run_dir / "data" / "clean")
+    assert len(out) == len(ref) == stats["rows_out"]
+    assert sorted(out["text_norm"]) == sorted(ref["text_norm"])

@@ -1,7 +1,7 @@
 """Fine-tuning through the real stage on a local 2-CPU Ray: Ray Train workers running DeepSpeed on CPU
-(gloo), a tiny decoder tuned with SFT (LoRA, prefix, P-tuning, full) and DPO (LoRA), held-out metrics
-before and after, checkpoints a longer re-run continues from, and folders that transformers and peft
-load."""
+(gloo), a tiny decoder tuned with SFT (LoRA, prefix, P-tuning, full), DPO (LoRA) and RLHF (RLOO, LoRA,
+against a small reward model), held-out metrics before and after, checkpoints a longer re-run continues
+from, and folders that transformers and peft load."""
 
 from __future__ import annotations
 
@@ -196,3 +196,87 @@ def test_other_methods_lower_heldout_loss_and_export(ray_cluster, base, data, tm
     else:
         assert s["trainable_share"] < 0.2
         PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), model_dir)
+
+
+def train_length_reward_model(base: Path, out: Path, steps: int = 80) -> Path:
+    """A reward model made in-process in a few seconds: the tiny backbone with a one-score head, trained
+    (Bradley-Terry) to prefer the reference answer over the same answer with four more words. Saved like
+    a full `objective: reward` model folder. (What a policy then finds that this model scores high need
+    not be short answers: in-process runs went to longer answers, reward 2.2 -> 4.3-4.7, which is why
+    the KL penalty matters.)"""
+    import random
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from pipelines.train.align_losses import reward_loss
+    from pipelines.train.sft_data import Template, collate, encode
+    from tests.unit.finetune.conftest import WORDS
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    rng = random.Random(0)
+    tok = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+    model.config.pad_token_id = tok.pad_token_id
+    pairs = []
+    for p in instruction_pairs():
+        longer = p["output"] + " " + " ".join(rng.sample(WORDS, 4))
+        c, _ = encode(tok, Template("simple"), p["instruction"], p["output"])
+        r, _ = encode(tok, Template("simple"), p["instruction"], longer)
+        pairs.append(({"ids": c, "labels": c}, {"ids": r, "labels": r}))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for step in range(steps):
+        batch = [pairs[(step * 8 + i) % len(pairs)] for i in range(8)]
+        b = collate([x for x, _ in batch] + [y for _, y in batch], tok.pad_token_id)
+        scores = model(
+            input_ids=torch.as_tensor(b["input_ids"]), attention_mask=torch.as_tensor(b["attention_mask"])
+        ).logits[:, 0]
+        reward_loss(scores[:8], scores[8:])[0].mean().backward()
+        opt.step()
+        opt.zero_grad()
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_rlhf_lora_raises_the_reward_of_sampled_answers(ray_cluster, base, data, tmp_path):
+    """RLOO (4 answers per prompt) of a LoRA policy against a reward model, one worker: the mean reward
+    of answers sampled for held-out prompts goes up, their KL to the reference (0 at the start) stays
+    bounded, and the training records carry the reward and KL per step."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    rm = train_length_reward_model(base, tmp_path / "rm")
+    run_dir = tmp_path / "run"
+    cfg = parse_recipe(
+        recipe(
+            run_dir,
+            base,
+            data,
+            objective="rlhf",
+            method="lora",
+            reward_model=str(rm),
+            num_workers=1,
+            micro_batch_size=2,
+            rlhf_samples=4,
+            rlhf_max_new_tokens=10,
+            rlhf_beta=0.2,
+            lr=5e-3,
+            max_steps=20,
+            eval_interval=20,
+            heldout_pairs=8,
+            eval_generate=0,
+            checkpoint_interval=100,
+        )
+    )
+    run_recipe(cfg, only={"finetune"})
+    s = summary_of(run_dir)
+    before, after = s["heldout_before"], s["heldout_after"]
+    assert before["heldout_kl"] == pytest.approx(0.0, abs=1e-4)  # the policy is the reference at the start
+    assert after["heldout_reward"] > before["heldout_reward"] + 0.5, (before, after)
+    assert 0 <= after["heldout_kl"] < 15  # nats per answer (in-process: 4-7 with beta 0.2, 15-25 with 0.05)
+    records = [json.loads(x) for x in (run_dir / "finetune" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    assert len(train) == 20 and all({"reward", "kl", "loss"} <= set(r) for r in train)
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), run_dir / "finetune" / "model")

@@ -177,14 +177,61 @@ def _slow_client(url: str) -> int:
     return int(reply.split(b" ", 2)[1])
 
 
+MEMORY_GROWTH_LIMIT_MB = 1536  # a few more Ray worker processes at most; a leak per request would pass it
+
+
+class TreeMemory:
+    """Summed RSS of this test process and its descendants (the embedded Ray: proxy, replicas, engine),
+    sampled every 0.5 s while the fuzzing runs: before, peak and after, in MB."""
+
+    def __init__(self):
+        import threading
+
+        self.before_mb = self.peak_mb = self.after_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def sample() -> float:
+        import psutil
+
+        total = 0
+        me = psutil.Process()
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                continue
+        return total / 2**20
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            self.peak_mb = max(self.peak_mb, self.sample())
+
+    def __enter__(self):
+        self.before_mb = self.peak_mb = self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.after_mb = self.sample()
+        self.peak_mb = max(self.peak_mb, self.after_mb)
+
+    def figures(self) -> dict[str, float]:
+        return {k: round(getattr(self, f"{k}_mb")) for k in ("before", "peak", "after")}
+
+
 def test_hostile_requests_never_get_a_5xx_and_the_app_survives(app_url):
     openapi = httpx.get(app_url + "/openapi.json", headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
     spec = openapi.json() if openapi.status_code == 200 else {}
     cases = schema_cases(spec) + hand_cases()
-    t0 = time.perf_counter()
-    results = asyncio.run(_send_all(app_url, cases))
-    wall = time.perf_counter() - t0
-    slow_status = _slow_client(app_url)
+    with TreeMemory() as memory:
+        t0 = time.perf_counter()
+        results = asyncio.run(_send_all(app_url, cases))
+        wall = time.perf_counter() - t0
+        slow_status = _slow_client(app_url)
     statuses: dict[str, int] = {}
     for _, _, status in results:
         statuses[str(status)] = statuses.get(str(status), 0) + 1
@@ -205,6 +252,7 @@ def test_hostile_requests_never_get_a_5xx_and_the_app_survives(app_url):
             "slow_client_status": slow_status,
             "wall_s": round(wall, 1),
             "examples_5xx": [f"{p} {s} {b!r}" for p, b, s in server_errors[:5]],
+            "memory_rss_mb": memory.figures(),
         },
     )
     _set_5xx(len(server_errors) + (slow_status >= 500))
@@ -212,6 +260,8 @@ def test_hostile_requests_never_get_a_5xx_and_the_app_survives(app_url):
     assert not server_errors, server_errors[:10]
     assert slow_status == 408
     assert ok.status_code == 200, ok.text
+    # memory bounded: hostile bodies are refused at the ingress (max_request_bytes), not buffered
+    assert memory.peak_mb - memory.before_mb < MEMORY_GROWTH_LIMIT_MB, memory.figures()
 
 
 def _set_5xx(count: int) -> None:

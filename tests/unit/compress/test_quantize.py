@@ -93,3 +93,17 @@ def test_group_size_that_does_not_divide_is_refused(tiny_base):
 
     with pytest.raises(CompressInputError, match=r"group_size 128 does not divide.*\[64, 192\]"):
         check_methods([QuantizeMethod(scheme="W4A16", group_size=128)], base_shape(tiny_base))
+
+
+def test_float8_embedding_storage_halves_embedding_and_loads(ctx, tmp_path, eval_windows):
+    plain, small = str(tmp_path / "w8"), str(tmp_path / "w8e")
+    quantize.apply(ctx, QuantizeMethod(scheme="W8A8"), plain)
+    info = quantize.apply(ctx, QuantizeMethod(scheme="W8A8", embedding_storage="float8"), small)
+    emb = _tensors(small)["model.embed_tokens.weight"]
+    assert emb.dtype == torch.float8_e4m3fn
+    assert info["embedding_bytes_saved"] == emb.numel() * 3  # float32 -> 1 byte
+    assert abs(weights_bytes(plain) - weights_bytes(small) - info["embedding_bytes_saved"]) < 1024  # header
+    a, b = load_for_eval(plain), load_for_eval(small)
+    wa, wb = a.model.embed_tokens.weight, b.model.embed_tokens.weight
+    assert wb.dtype == torch.float32 and (wa - wb).norm() / wa.norm() < 0.05  # cast back on load
+    assert perplexity(b, eval_windows) < 1.05 * perplexity(a, eval_windows)

@@ -25,6 +25,8 @@ compress:
     - {{method: quantize, scheme: W4A16, group_size: 32}}
     - {{method: prune_structured, heads_per_group: 1, mlp_fraction: 0.25, calibration_samples: 2}}
     - {{method: prune_unstructured, sparsity: 0.5, criterion: wanda, calibration_samples: 2}}
+    - {{method: weight_share, group_size: 2, recovery_steps: 2}}
+    - {{method: layer_drop, drop_layers: 2, steps: 2, batch_size: 2, compare: false}}
 """
 
 
@@ -78,7 +80,14 @@ def test_stage_writes_folders_manifests_and_report(tmp_path, tiny_base, heldout_
     p = plan(recipe, folder)
     result = folder.run_stage(p.name, p.config, p.inputs, p.body)
     out = Path(result.folder)
-    names = ["quantize-w8a8", "quantize-w4a16", "prune_structured", "prune_wanda-0.5"]
+    names = [
+        "quantize-w8a8",
+        "quantize-w4a16",
+        "prune_structured",
+        "prune_wanda-0.5",
+        "weight_share-2",
+        "layer_drop-2",
+    ]
     base = result.manifest.metrics["base"]
     for name in names:
         m = read_manifest(str(out / name))
@@ -91,9 +100,13 @@ def test_stage_writes_folders_manifests_and_report(tmp_path, tiny_base, heldout_
     assert w4["bytes_per_parameter"] < w8["bytes_per_parameter"] < base["bytes_per_parameter"]
     pruned = read_manifest(str(out / "prune_structured")).metrics
     assert pruned["parameters"] < base["parameters"] and pruned["size_bytes"] < base["size_bytes"]
+    shared = read_manifest(str(out / "weight_share-2")).metrics
+    assert shared["parameters"] == base["parameters"]  # the standard (untied) export ...
+    assert shared["method_info"]["unique_parameters"] < base["parameters"]  # ... of a shared model
+    assert read_manifest(str(out / "layer_drop-2")).metrics["parameter_ratio"] < 1
     report = json.loads((out / "report.json").read_text())
     assert set(report["methods"]) == set(names)
-    assert (out / "report.md").read_text().count("\n| ") >= 5 and (out / "pareto.png").stat().st_size > 0
+    assert (out / "report.md").read_text().count("\n| ") >= 7 and (out / "pareto.png").stat().st_size > 0
     # re-planning the same recipe finds the stage finished
     assert folder.run_stage(p.name, p.config, p.inputs, p.body).skipped
 

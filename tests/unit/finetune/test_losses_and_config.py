@@ -143,3 +143,18 @@ def test_planner_refuses_a_missing_base_and_bad_targets(tmp_path, tiny_base, pai
         plan_stages(parse_recipe(recipe + "lora_target_modules: [query]}\n"))
     (plan,) = plan_stages(parse_recipe(recipe + "heldout_pairs: 4}\n"))
     assert plan.name == "finetune" and plan.inputs == {}
+
+
+def test_lora_targets_that_are_not_layers_lora_can_wrap_are_refused(tiny_base):
+    from pipelines.train.peft_setup import module_names
+
+    names = module_names(str(tiny_base))
+    assert names["model.layers.0.self_attn.q_proj"] == "Linear"
+    cfg = FinetuneConfig(lora_target_modules=["q_proj", "mlp", "input_layernorm"])
+    assert check_target_modules(cfg, names) == [
+        "finetune.lora_target_modules: mlp names LlamaMLP modules, which LoRA cannot wrap (it adapts "
+        "Linear / Embedding / Conv layers: e.g. q_proj, v_proj, or all-linear)",
+        "finetune.lora_target_modules: input_layernorm names LlamaRMSNorm modules, which LoRA cannot wrap "
+        "(it adapts Linear / Embedding / Conv layers: e.g. q_proj, v_proj, or all-linear)",
+    ]
+    assert check_target_modules(FinetuneConfig(lora_target_modules=["q_proj", "down_proj"]), names) == []

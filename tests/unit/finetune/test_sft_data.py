@@ -91,6 +91,7 @@ def test_bad_records_are_quarantined_with_their_reason(tmp_path, tokenizer):
             "[1, 2]",
             "{broken",
             {"instruction": "long " * 100, "output": "x"},
+            {"prompt": "p", "chosen": "same", "rejected": " same "},
         ],
     )
     q = Quarantine()
@@ -98,7 +99,7 @@ def test_bad_records_are_quarantined_with_their_reason(tmp_path, tokenizer):
     assert [e.prompt for e in examples] == ["a", "long " * 99 + "long"]
     enc = encode_examples(tokenizer, Template("simple"), examples, "sft", 64, q)
     assert len(enc.items) == 1
-    assert q.counts() == {"empty field": 2, "unparsable": 2, "too long": 1}
+    assert q.counts() == {"empty field": 2, "unparsable": 2, "identical answers": 1, "too long": 1}
     assert [r["where"] for r in q.rows[:4]] == ["d.jsonl:2", "d.jsonl:3", "d.jsonl:4", "d.jsonl:5"]
 
 

@@ -1,0 +1,73 @@
+"""The layout as the dry run prints it: which rank holds which data shard, pipeline stage (and which
+layers that stage holds, cut as DeepSpeed will cut them) and tensor shard, with the parameters each
+worker stores. Nothing is built: layer sizes come from the model's config on the meta device."""
+
+from __future__ import annotations
+
+from pipelines.parallel.layout import Layout
+
+
+def layer_parameters(model_cfg, vocab_size: int) -> tuple[list[str], list[int], list[int]]:
+    """(names, parameters, tensor-sharded parameters) of the pipeline's layers, in order."""
+    from pipelines.models import Vocab, build_model
+
+    model = build_model(model_cfg, Vocab(size=vocab_size, pad_id=0, eos_id=1), device="meta")
+    c = model.config
+    emb = c.vocab_size * c.hidden_size
+    block = sum(p.numel() for p in model.model.layers[0].parameters())
+    norms = sum(p.numel() for n, p in model.model.layers[0].named_parameters() if "norm" in n)
+    names = ["embedding"] + [f"block {i}" for i in range(c.num_hidden_layers)] + ["final norm", "head"]
+    params = [emb] + [block] * c.num_hidden_layers + [c.hidden_size, emb]
+    sharded = [0] + [block - norms] * c.num_hidden_layers + [0, 0]
+    return names, params, sharded
+
+
+def stage_bounds(params: list[int], pp: int, method: str) -> list[int]:
+    """Layer index boundaries of the stages, as `PipelineModule` computes them."""
+    from deepspeed.runtime import utils as ds_utils
+
+    if method == "uniform":
+        return ds_utils.partition_uniform(num_items=len(params), num_parts=pp)
+    if method == "parameters":
+        return ds_utils.partition_balanced(weights=params, num_parts=pp)
+    if method.startswith("type:"):
+        import re
+
+        binary = [
+            1 if re.search(method[5:], "BlockPipe") and 0 < i < len(params) - 2 else 0
+            for i in range(len(params))
+        ]
+        return ds_utils.partition_balanced(weights=binary, num_parts=pp)
+    raise ValueError(f"partition_method {method!r}: use parameters, uniform or type:REGEX")
+
+
+def describe(
+    model_cfg, layout: Layout, vocab_size: int, partition_method: str, max_ranks: int = 16
+) -> list[str]:
+    names, params, sharded = layer_parameters(model_cfg, vocab_size)
+    tied = model_cfg.tie_word_embeddings
+    if tied is None:
+        from pipelines.models.presets import PRESETS
+
+        tied = PRESETS[model_cfg.family][model_cfg.preset].get("tie_word_embeddings", False)
+    bounds = stage_bounds(params, layout.pp, partition_method) if layout.pp > 1 else [0, len(params)]
+    lines = [
+        f"{layout.key}: {layout.world} workers = {layout.dp} data x {layout.pp} pipeline x {layout.tp} "
+        "tensor; tensor ranks consecutive (same node first), stages spread; data sharded along dp only"
+    ]
+    per_stage = []
+    for s in range(layout.pp):
+        lo, hi = bounds[s], bounds[s + 1]
+        held = sum(params[lo:hi]) - sum(sharded[lo:hi]) + sum(sharded[lo:hi]) // layout.tp
+        if tied and lo == 0 and hi == len(params):
+            held -= params[-1]  # one stage holds the tied embedding and head: one tensor
+        per_stage.append(held)
+        lines.append(
+            f"stage {s}: {names[lo]} .. {names[hi - 1]} ({hi - lo} layers), {held:,} parameters per worker"
+        )
+    for r in range(min(layout.world, max_ranks)):
+        d, s, t = layout.coords(r)
+        lines.append(f"rank {r}: data shard {d}, stage {s}, tensor shard {t} ({per_stage[s]:,} parameters)")
+    if layout.world > max_ranks:
+        lines.append(f"... {layout.world - max_ranks} more ranks in the same pattern")
+    return lines
