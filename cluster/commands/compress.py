@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from cluster.cli import SET_HELP, _load, _summary, app, console, err_console
+from cluster.cli import SET_HELP, _load, _summary, app, console, fail
 from cluster.config import RecipeError
 
 
@@ -33,16 +33,13 @@ def compress(
 
     cfg = _load(recipe, set_)
     if cfg.compress is None:
-        err_console.print(f"[red]{recipe}: the recipe has no `compress` section[/]")
-        raise typer.Exit(2)
+        fail(f"{recipe}: the recipe has no `compress` section")
     try:
         results = run_recipe(
             cfg, force={"compress"} if force else set(), log=console.print, only={"compress"}
         )
     except RecipeError as exc:
-        for p in exc.problems:
-            err_console.print(f"[bold red]{p}[/]")
-        raise typer.Exit(2) from None
+        fail(exc)
     _summary(results)
     for r in results:
         if r.stage == "compress":

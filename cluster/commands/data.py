@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cluster.cli import SET_HELP, _load, _summary, app, console, err_console
+from cluster.cli import SET_HELP, _load, _summary, app, console, fail
 from cluster.config import RecipeError
 
 DATA_STAGES = {"data", "tokenize"}
@@ -36,16 +36,13 @@ def data(
     if address:
         cfg.cluster.address = address
     if cfg.data is None and cfg.tokenizer is None:
-        err_console.print(f"[red]{recipe}: the recipe has no `data` or `tokenizer` section[/]")
-        raise typer.Exit(2)
+        fail(f"{recipe}: the recipe has no `data` or `tokenizer` section")
     try:
         results = run_recipe(
             cfg, force=set(DATA_STAGES) if force else set(), log=console.print, only=set(DATA_STAGES)
         )
     except RecipeError as exc:
-        for p in exc.problems:
-            err_console.print(f"[bold red]{p}[/]")
-        raise typer.Exit(2) from None
+        fail(exc)
     _summary(results)
     for r in results:
         console.print(f"{r.stage}: {r.folder}/stats.json")

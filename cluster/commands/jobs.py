@@ -11,8 +11,10 @@ from rich.table import Table
 
 from cluster.cli import SET_HELP, _load, app, console, err_console
 
-ADDRESS_HELP = ("The cluster's dashboard, e.g. `http://HEAD:8265` (default: `$RAY_API_SERVER_ADDRESS`). "
-                "The token comes from `$RAY_AUTH_TOKEN`, `$RAY_AUTH_TOKEN_PATH` or `~/.ray/auth_token`.")
+ADDRESS_HELP = (
+    "The cluster's dashboard, e.g. `http://HEAD:8265` (default: `$RAY_API_SERVER_ADDRESS`). "
+    "The token comes from `$RAY_AUTH_TOKEN`, `$RAY_AUTH_TOKEN_PATH` or `~/.ray/auth_token`."
+)
 
 
 def _address_option():
@@ -41,32 +43,48 @@ def _write(chunk: str) -> None:
 
 def _report_end(info) -> None:
     color = {"SUCCEEDED": "green", "STOPPED": "yellow"}.get(str(info.status), "red")
-    console.print(f"job {info.submission_id}: [{color}]{info.status}[/]"
-                  + (f" ({info.error_type})" if info.error_type else ""))
+    console.print(
+        f"job {info.submission_id}: [{color}]{info.status}[/]"
+        + (f" ({info.error_type})" if info.error_type else "")
+    )
     if str(info.status) != "SUCCEEDED" and info.message:
         err_console.print(info.message.strip()[-4000:])
 
 
 @app.command()
 def submit(
-    recipe: Path = typer.Argument(..., help="Recipe YAML on this machine (or on the cluster with "
-                                  "`--recipe-on-cluster`)."),
+    recipe: Path = typer.Argument(
+        ..., help="Recipe YAML on this machine (or on the cluster with `--recipe-on-cluster`)."
+    ),
     address: str = _address_option(),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     force: list[str] = typer.Option([], "--force", help="Redo this stage even if finished (repeatable)."),
-    wait: bool = typer.Option(False, "--wait", help="Follow the job's logs until it ends; exit 1 unless "
-                              "it SUCCEEDED."),
-    code: str = typer.Option("upload", "--code", help="`upload`: ship raylm's code from here with the job; "
-                             "`image`: use the raylm installed in the cluster's image; a URI "
-                             "(`s3://.../raylm-code.zip`, `file:///shared/raylm-code.zip`): a "
-                             "`raylm pack-code` "
-                             "zip each node fetches."),
-    recipe_on_cluster: bool = typer.Option(False, "--recipe-on-cluster", help="RECIPE is a path on the "
-                                           "cluster's storage: not read here, validated there."),
-    env: list[str] = typer.Option([], "--env", help="Environment variable for the job, `KEY=VALUE` "
-                                  "(repeatable)."),
-    pip: list[str] = typer.Option([], "--pip", help="Extra pip requirement installed for the job "
-                                  "(repeatable; Ray builds a virtualenv on the nodes)."),
+    wait: bool = typer.Option(
+        False, "--wait", help="Follow the job's logs until it ends; exit 1 unless it SUCCEEDED."
+    ),
+    code: str = typer.Option(
+        "upload",
+        "--code",
+        help="`upload`: ship raylm's code from here with the job; "
+        "`image`: use the raylm installed in the cluster's image; a URI "
+        "(`s3://.../raylm-code.zip`, `file:///shared/raylm-code.zip`): a "
+        "`raylm pack-code` "
+        "zip each node fetches.",
+    ),
+    recipe_on_cluster: bool = typer.Option(
+        False,
+        "--recipe-on-cluster",
+        help="RECIPE is a path on the cluster's storage: not read here, validated there.",
+    ),
+    env: list[str] = typer.Option(
+        [], "--env", help="Environment variable for the job, `KEY=VALUE` (repeatable)."
+    ),
+    pip: list[str] = typer.Option(
+        [],
+        "--pip",
+        help="Extra pip requirement installed for the job "
+        "(repeatable; Ray builds a virtualenv on the nodes).",
+    ),
 ) -> None:
     """Send the recipe's run to a Ray cluster as a Ray job (Ray's Job Submission API).
 
@@ -95,8 +113,15 @@ def submit(
         _load(recipe, set_)  # a bad recipe fails here, with file, line and key, before anything is sent
     client = _client(address)
     try:
-        package = package_run(recipe, set_, code=code, recipe_on_cluster=recipe_on_cluster, force=force,
-                              env_vars=env_vars, pip=pip)
+        package = package_run(
+            recipe,
+            set_,
+            code=code,
+            recipe_on_cluster=recipe_on_cluster,
+            force=force,
+            env_vars=env_vars,
+            pip=pip,
+        )
         job_id = submit_job(client, package)
     except JobsError as exc:
         _fail(exc)
@@ -134,11 +159,19 @@ def jobs(
     for col in ("job", "status", "recipe", "run folder", "started", "took s", "message"):
         table.add_column(col, overflow="fold")
     for j in rows:
-        started = (datetime.fromtimestamp(j.start_time / 1000).strftime("%Y-%m-%d %H:%M:%S")
-                   if j.start_time else "-")
+        started = (
+            datetime.fromtimestamp(j.start_time / 1000).strftime("%Y-%m-%d %H:%M:%S") if j.start_time else "-"
+        )
         took = f"{(j.end_time - j.start_time) / 1000:.1f}" if j.end_time and j.start_time else "-"
-        table.add_row(j.submission_id, str(j.status), recipe_of(j), run_dir_of(j), started, took,
-                      (j.message or "").strip().splitlines()[0][:80] if j.message else "")
+        table.add_row(
+            j.submission_id,
+            str(j.status),
+            recipe_of(j),
+            run_dir_of(j),
+            started,
+            took,
+            (j.message or "").strip().splitlines()[0][:80] if j.message else "",
+        )
     console.print(table)
 
 

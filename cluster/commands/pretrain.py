@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from cluster.cli import SET_HELP, _load, _summary, app, console, err_console
+from cluster.cli import SET_HELP, _load, _summary, app, console, fail
 from cluster.config import RecipeError
 
 PRETRAIN_STAGES = {"data", "tokenize", "pretrain"}
@@ -47,15 +47,12 @@ def pretrain(
     if address:
         cfg.cluster.address = address
     if cfg.pretrain is None:
-        err_console.print(f"[red]{recipe}: the recipe has no `pretrain` section[/]")
-        raise typer.Exit(2)
+        fail(f"{recipe}: the recipe has no `pretrain` section")
     only = {"pretrain"} if cfg.pretrain.data else PRETRAIN_STAGES
     try:
         results = run_recipe(cfg, force={"pretrain"} if force else set(), log=console.print, only=only)
     except RecipeError as exc:
-        for p in exc.problems:
-            err_console.print(f"[bold red]{p}[/]")
-        raise typer.Exit(2) from None
+        fail(exc)
     _summary(results)
     for r in results:
         if r.stage == "pretrain":

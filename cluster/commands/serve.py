@@ -15,9 +15,11 @@ from cluster.cli import SET_HELP, _load, app, console, err_console
 def _plan_tables(app_plan) -> None:
     for name, plan in app_plan.plans.items():
         spec = app_plan.specs[name]
-        table = Table(title=f"serve plan: {name} ({spec.architecture}, {spec.num_layers} layers, "
-                            f"{spec.num_kv_heads} KV heads x {spec.head_dim}, {spec.checkpoint_dtype}"
-                            f"{', ' + spec.quantization if spec.quantization else ''})")
+        table = Table(
+            title=f"serve plan: {name} ({spec.architecture}, {spec.num_layers} layers, "
+            f"{spec.num_kv_heads} KV heads x {spec.head_dim}, {spec.checkpoint_dtype}"
+            f"{', ' + spec.quantization if spec.quantization else ''})"
+        )
         for col in ("quantity", "value", "why"):
             table.add_column(col, overflow="fold")
         for row in plan.rows():
@@ -34,10 +36,17 @@ def serve(
     plan_only: bool = typer.Option(False, "--plan", help="Print the memory plan as a table; start nothing."),
     as_json: bool = typer.Option(False, "--json", help="With --plan: print the plan as JSON."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
-    address: str = typer.Option(None, "--address", help="Deploy to this running Ray cluster instead of "
-                                "an embedded local Ray (e.g. `auto` or `ray://head:10001`)."),
-    detach: bool = typer.Option(False, "--detach", help="With --address: leave the app running on the "
-                                "cluster and return once it is ready."),
+    address: str = typer.Option(
+        None,
+        "--address",
+        help="Deploy to this running Ray cluster instead of "
+        "an embedded local Ray (e.g. `auto` or `ray://head:10001`).",
+    ),
+    detach: bool = typer.Option(
+        False,
+        "--detach",
+        help="With --address: leave the app running on the cluster and return once it is ready.",
+    ),
 ) -> None:
     """Serve the recipe's models: OpenAI-compatible `/v1/models`, `/v1/completions` and
     `/v1/chat/completions` (streaming and not) from Ray Serve over vLLM, with bearer auth when
@@ -91,8 +100,15 @@ def serve(
     # SIGTERM (e.g. `kill`, a container stop) shuts down as cleanly as Ctrl-C.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     c = cfg.cluster
-    with ray_session(address, c.num_cpus, c.object_store_memory_gb, c.dashboard, c.dashboard_host,
-                     c.dashboard_port, c.namespace):
+    with ray_session(
+        address,
+        c.num_cpus,
+        c.object_store_memory_gb,
+        c.dashboard,
+        c.dashboard_host,
+        c.dashboard_port,
+        c.namespace,
+    ):
         from ray import serve as ray_serve
 
         from serving.metrics import metrics_urls
@@ -111,8 +127,10 @@ def serve(
         for line in describe(running, metrics_urls()):
             console.print(line, highlight=False, soft_wrap=True)
         if address and detach:
-            console.print(f"detached: the app keeps running on the cluster (remove it with "
-                          f"`serve shutdown` or `ray.serve.delete('{scfg.app_name}')`)")
+            console.print(
+                f"detached: the app keeps running on the cluster (remove it with "
+                f"`serve shutdown` or `ray.serve.delete('{scfg.app_name}')`)"
+            )
             return
         wait_for_interrupt(console.print)
         stop_app(scfg)

@@ -13,12 +13,11 @@ worker (`pipelines.compress.distill_ray`).
 
 from __future__ import annotations
 
-import time
-
 import torch
 import torch.nn.functional as F
 
 from pipelines.compress.prune_structured import block_influence, pruned_model
+from pipelines.compress.recovery import train_on_windows
 
 
 def distill_loss(student_logits, teacher_logits, labels, temperature: float, alpha: float) -> torch.Tensor:
@@ -64,28 +63,13 @@ def distill(
     batch_size: int,
 ) -> dict:
     teacher.eval()
-    student.train()
-    opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
-    losses = []
-    t0 = time.perf_counter()
-    n = len(windows)
-    for step in range(steps):
-        x = windows[torch.arange(step * batch_size, (step + 1) * batch_size) % n]
+
+    def loss_fn(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             t_logits = teacher(input_ids=x).logits
-        loss = distill_loss(student(input_ids=x).logits, t_logits, x, temperature, alpha)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-    student.eval()
-    return {
-        "steps": steps,
-        "first_loss": round(losses[0], 4),
-        "last_loss": round(losses[-1], 4),
-        "train_s": round(time.perf_counter() - t0, 1),
-    }
+        return distill_loss(student(input_ids=x).logits, t_logits, x, temperature, alpha)
+
+    return train_on_windows(student, windows, steps, lr, batch_size, loss_fn)
 
 
 def apply(ctx, cfg, out_dir: str) -> dict:

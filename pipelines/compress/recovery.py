@@ -9,17 +9,17 @@ import time
 import torch
 
 
-def recovery_finetune(model, windows: torch.Tensor, steps: int, lr: float, batch_size: int = 4) -> dict:
-    """Train `model` in place for `steps` steps, cycling over `windows`; returns first/last loss."""
+def train_on_windows(model, windows: torch.Tensor, steps: int, lr: float, batch_size: int, loss_fn) -> dict:
+    """Train `model`'s trainable parameters in place for `steps` AdamW steps (gradients clipped at 1),
+    cycling over `windows`; `loss_fn(x)` gives the loss of one batch of windows. Returns first/last loss."""
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     losses = []
     t0 = time.perf_counter()
     n = len(windows)
     for step in range(steps):
-        idx = torch.arange(step * batch_size, (step + 1) * batch_size) % n
-        x = windows[idx]
-        loss = model(input_ids=x, labels=x).loss
+        x = windows[torch.arange(step * batch_size, (step + 1) * batch_size) % n]
+        loss = loss_fn(x)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -30,5 +30,12 @@ def recovery_finetune(model, windows: torch.Tensor, steps: int, lr: float, batch
         "steps": steps,
         "first_loss": round(losses[0], 4),
         "last_loss": round(losses[-1], 4),
-        "seconds": round(time.perf_counter() - t0, 1),
+        "train_s": round(time.perf_counter() - t0, 1),
     }
+
+
+def recovery_finetune(model, windows: torch.Tensor, steps: int, lr: float, batch_size: int = 4) -> dict:
+    """Next-token fine-tuning of `model` in place (see `train_on_windows`)."""
+    return train_on_windows(
+        model, windows, steps, lr, batch_size, lambda x: model(input_ids=x, labels=x).loss
+    )

@@ -20,7 +20,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipelines.train.loop import HF_EXPORT, _memory_gb, _pretrain_config, resolve_precision, start_worker
+from pipelines.train.loop import (
+    HF_EXPORT,
+    _memory_gb,
+    _pretrain_config,
+    record_sender,
+    resolve_precision,
+    start_worker,
+)
 
 
 def parallel_train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -68,11 +75,8 @@ def parallel_train_loop_per_worker(config: dict[str, Any]) -> None:
             if got == 0:
                 raise RuntimeError("the training stream yielded no batch of micro_batch_size x dp rows")
 
-    sink = config.get("sink")
-
-    def send(record: dict[str, Any]) -> None:
-        if rank == 0 and sink is not None:
-            sink.put.remote(record)
+    tags = {"run": str(config.get("run", "")), "phase": str(config.get("phase", "pretrain"))}
+    send = record_sender(rank, config.get("sink"), tags)  # the same records and metrics as the plain loop
 
     stream = micro_batches()
     tokens_seen, t_start, last = 0, time.perf_counter(), {}

@@ -30,6 +30,7 @@ from pipelines.train.loop import (
     STATE_TAG,
     _memory_gb,
     export_hf,
+    record_sender,
     resolve_precision,
     start_worker,
 )
@@ -239,20 +240,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     from pipelines import metrics
 
-    sink = config.get("sink")
     tags = {"run": str(config.get("run", "")), "phase": f"finetune/{cfg.objective}"}
-
-    def send(record: dict[str, Any]) -> None:
-        if rank != 0:
-            return
-        if sink is not None:
-            sink.put.remote(record)
-        if record.get("kind") == "train":  # beside Ray's own metrics in the dashboard / Prometheus
-            metrics.set_gauge("train_loss", record["loss"], **tags)
-            metrics.set_gauge("train_tokens_per_second", record["tokens_per_s"], **tags)
-            for key in ("margin", "accuracy", "reward", "kl"):
-                if record.get(key) is not None:
-                    metrics.set_gauge(f"train_{key}", record[key], **tags)
+    send = record_sender(rank, config.get("sink"), tags)
 
     def save(report: dict[str, Any], final: bool) -> None:
         with tempfile.TemporaryDirectory(prefix="raylm-ft-ckpt-") as d:

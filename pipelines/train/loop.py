@@ -81,6 +81,38 @@ class Worker:
     device: Any
 
 
+# A training record's key -> the raylm Ray metric it sets (pipelines/metrics.py); keys a loop does not
+# record (MFU in fine-tuning, reward outside RLHF) are skipped.
+TRAIN_GAUGES = {
+    "loss": "train_loss",
+    "tokens_per_s": "train_tokens_per_second",
+    "mfu": "train_mfu",
+    "margin": "train_margin",
+    "accuracy": "train_accuracy",
+    "reward": "train_reward",
+    "kl": "train_kl",
+}
+
+
+def record_sender(rank: int, sink, tags: dict[str, str]):
+    """The `send(record)` of every raylm training loop: rank 0 puts each record into the driver's sink
+    (progress bar, metrics.jsonl) and sets the Ray metrics of train records beside Ray's own (dashboard,
+    Prometheus); other ranks send nothing."""
+    from pipelines import metrics
+
+    def send(record: dict[str, Any]) -> None:
+        if rank != 0:
+            return
+        if sink is not None:
+            sink.put.remote(record)
+        if record.get("kind") == "train":
+            for key, gauge in TRAIN_GAUGES.items():
+                if record.get(key) is not None:
+                    metrics.set_gauge(gauge, record[key], **tags)
+
+    return send
+
+
 def start_worker(config: dict[str, Any], cpus_per_worker: float) -> Worker:
     """The start shared by every raylm training loop (pretraining, fine-tuning): DeepSpeed's accelerator
     and JIT folder, the device (or torch's thread count on CPU), then DeepSpeed's process group over Ray
@@ -218,17 +250,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         mean = float(sums[0] / sums[1]) if sums[1] > 0 else float("nan")
         return mean, math.exp(min(mean, 50.0))
 
-    sink = config.get("sink")
-
-    def send(record: dict[str, Any]) -> None:
-        if rank != 0:
-            return
-        if sink is not None:
-            sink.put.remote(record)
-        if record.get("kind") == "train":  # beside Ray's own metrics in the dashboard / Prometheus
-            metrics.set_gauge("train_loss", record["loss"], **tags)
-            metrics.set_gauge("train_tokens_per_second", record["tokens_per_s"], **tags)
-            metrics.set_gauge("train_mfu", record["mfu"], **tags)
+    send = record_sender(rank, config.get("sink"), tags)
 
     def save(report: dict[str, Any], final: bool) -> None:
         with tempfile.TemporaryDirectory(prefix="raylm-ckpt-") as d:
