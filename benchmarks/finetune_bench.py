@@ -52,9 +52,9 @@ MODES = {
         "eval_generate": 0,
         "micro_batch_size": 1,
         "rlhf_samples": 4,
-        "rlhf_max_new_tokens": 16,
+        "rlhf_max_new_tokens": 24,
         "rlhf_beta": 0.05,
-        "heldout_pairs": 8,
+        "heldout_pairs": 24,  # held-out prompts whose answers the reward model scores before and after
     },
 }
 KEPT_REWARD_MODEL = "/tmp/raylm-ftbench-reward-model"

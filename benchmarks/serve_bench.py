@@ -446,7 +446,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="model folder (default: the reference SmolLM2-135M)")
     p.add_argument("--systems", default="vllm,raylm,transformers")
     p.add_argument("--concurrency", default="1,8,32")
-    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        help="dtype of all three systems (default: raylm's choice: fp32 on a CPU without native bf16)",
+    )
     p.add_argument("--compile", action="store_true", help="let vLLM torch.compile (default: enforce_eager)")
     p.add_argument("--no-tcmalloc", action="store_true", help="do not LD_PRELOAD tcmalloc into vLLM")
     p.add_argument(
@@ -512,7 +516,9 @@ def main(argv: list[str] | None = None) -> int:
     from serving.app import plan_app
     from serving.config import ServeConfig
 
-    engine_extra = {"dtype": args.dtype, "enforce_eager": not args.compile}
+    engine_extra = {"enforce_eager": not args.compile}
+    if args.dtype:
+        engine_extra["dtype"] = args.dtype
     for item in args.engine_arg:
         key, _, value = item.partition("=")
         engine_extra[key] = yaml.safe_load(value)
@@ -533,7 +539,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     app_plan = plan_app(cfg)
     plan = app_plan.plans[MODEL_NAME]
+    engine_extra = dict(app_plan.config.models[0].engine_args)  # with the dtype raylm chose, if it chose
     engine_args = {**plan.engine_args(), **engine_extra}
+    dtype = engine_args.get("dtype", "bfloat16")  # vLLM's auto for this bf16 checkpoint
     tcmalloc = not args.no_tcmalloc and Path(TCMALLOC).exists()
     print(f"engine args: {engine_args} (tcmalloc: {tcmalloc})", flush=True)
 
@@ -628,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, args.dtype)).eval()
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).eval()
         model.generation_config.eos_token_id = None  # like ignore_eos: exactly the requested tokens
         hf_threads = choose_threads(model, tok, stream, args.hf_threads)
         with LoadSampler() as load:

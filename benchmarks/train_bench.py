@@ -273,10 +273,10 @@ def main() -> None:
     ap.add_argument("--quality-minutes", type=float, default=0.0, help="also pretrain both for this budget")
     args = ap.parse_args()
 
+    from pipelines.hardware import cpu_has_native_bf16
     from pipelines.models import ModelConfig
     from pipelines.train.config import PretrainConfig
     from pipelines.train.flops import matmul_peak, measure_matmul_peak, train_flops_per_sequence
-    from pipelines.train.loop import cpu_has_native_bf16
     from pipelines.train.stage import inspect
     from pipelines.train.token_data import load_tokenizer
     from pipelines.train.vocab import family_tokenizer, vocab_of

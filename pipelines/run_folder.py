@@ -148,10 +148,29 @@ def write_manifest(folder: str, manifest: Manifest) -> None:
 
 
 def input_record(folder: str) -> dict:
-    """How a stage records one input folder: its path and its manifest's fingerprint (None if it has no
-    manifest, e.g. a user-provided dataset)."""
-    m = read_manifest(folder)
+    """How a stage records one input folder: its path and its manifest's fingerprint. A folder without a
+    manifest of its own inside a stage's folder (`finetune/dpo/merged`) takes the fingerprint of the stage
+    that wrote it, so a re-run of that stage also re-runs what reads it; a folder outside any stage (a
+    user's dataset) has none."""
+    m = read_manifest(folder) or _owning_stage(folder)
     return {"path": folder, "stage": m.stage if m else None, "fingerprint": m.fingerprint() if m else None}
+
+
+OWNER_DEPTH = 3
+"""How many parent folders `_owning_stage` looks through (`<run>/finetune/dpo/merged` is 2 below)."""
+
+
+def _owning_stage(folder: str) -> Manifest | None:
+    """The manifest of the nearest raylm stage folder above a local `folder`, if any."""
+    if "://" in folder:
+        return None
+    parent = Path(folder).resolve()
+    for _ in range(OWNER_DEPTH):
+        parent = parent.parent
+        d = read_json(str(parent / MANIFEST))
+        if isinstance(d, dict) and "stage" in d and "config_hash" in d:
+            return Manifest.from_dict(d)
+    return None
 
 
 @dataclass

@@ -13,6 +13,8 @@ from cluster.cli import SET_HELP, _load, app, console, err_console
 
 
 def _plan_tables(app_plan) -> None:
+    from serving.app import engine_kwargs
+
     for name, plan in app_plan.plans.items():
         spec = app_plan.specs[name]
         table = Table(
@@ -27,7 +29,8 @@ def _plan_tables(app_plan) -> None:
         console.print(table)
         for reason in plan.reasons[1:] + app_plan.notes.get(name, []):
             console.print(f"  - {reason}")
-        console.print(f"  vLLM engine args: {json.dumps(plan.engine_args())}")
+        model = next(m for m in app_plan.config.models if m.name == name)
+        console.print(f"  vLLM engine args: {json.dumps(engine_kwargs(model, plan))}")
 
 
 @app.command()

@@ -160,6 +160,11 @@ class TokenizerConfig(SectionConfig):
     heldout_fraction: float = Field(default=0.01, ge=0, lt=1)
     """Share of documents (chosen by a seeded hash of their row_id) that go to `heldout/` instead of
     `train/`; a document is never split between the two."""
+    shuffle: bool = True
+    """Write the train sequences in a seeded random order (Ray Data's `random_shuffle`). Pretraining
+    streams them in file order with only a small local shuffle buffer, so without this a corpus read
+    source by source is also trained source by source (the quickstart's first 150 steps saw only the
+    Bible). The held-out split keeps its order."""
     column: str | None = None
     """Text column to tokenize. None: the data section's `text_column`."""
     input: str | None = None

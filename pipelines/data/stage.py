@@ -356,6 +356,8 @@ def run_tokenize(
                     "reporter": reporter,
                 },
             )
+            if split == "train" and tok_cfg.shuffle:
+                packed = packed.random_shuffle(seed=seed)
             packed.write_parquet(
                 join(out_dir, split),
                 min_rows_per_file=min(tok_cfg.rows_per_file, 4096),

@@ -16,7 +16,7 @@ Preset = dict[str, Any]
 DECODER: dict[str, Preset] = {
     # Llama-style: RMSNorm, SwiGLU MLP, rotary positions, grouped-query attention.
     # head_dim 32: vLLM's CPU attention supports head sizes 32, 64, 80, ... (16 is refused at the first
-    # decode step), and the tiny model must load there too (tests/integration/test_pretrain_vllm.py).
+    # decode step), and the tiny model must load there too (tests/integration/test_finetune.py loads it).
     "tiny": dict(
         hidden_size=64,
         num_layers=2,

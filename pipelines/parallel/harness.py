@@ -170,6 +170,12 @@ def _worker(rank: int, spec: RunSpec, port: int, out_dir: str) -> None:
             )
         )
         del trainer
+        # DeepSpeed's PipelineEngine leaves its grid as the process-wide model-parallel unit
+        # (deepspeed.utils.groups.mpu); a later plain-DeepSpeed layout in this same process would then
+        # take itself for model parallel and fail. Ray Train workers run one layout per process.
+        from deepspeed.utils import groups
+
+        groups.mpu = None
     with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as f:
         pickle.dump(results, f)
     dist.destroy_process_group()

@@ -132,6 +132,28 @@ def preference_margins(name: str, history: Sequence[dict], path: Path) -> bool:
     return _save(fig, path)
 
 
+def rlhf_reward_kl(history: Sequence[dict], path: Path) -> bool:
+    """RLHF: the reward model's score of the policy's samples and their KL to the reference, per step
+    (train: this step's rollouts; held-out: greedy answers to held-out prompts)."""
+    series = [
+        (_series(history, "train", k), _series(history, "eval", f"heldout_{k}")) for k in ("reward", "kl")
+    ]
+    if not any(x for pair in series for x, _ in pair):
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    titles = ("RLHF: reward of the policy's answers", "RLHF: KL to the reference (nats per answer)")
+    for ax, ((xt, yt), (xe, ye)), title in zip(axes, series, titles, strict=True):
+        if xt:
+            ax.plot(xt, yt, linewidth=1, label="train rollouts (batch mean)")
+        if xe:
+            ax.plot(xe, ye, "o-", markersize=4, label="held-out prompts")
+        ax.set_title(title)
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def _pareto_front(points: list[tuple[float, float]], more_x_is_better: bool) -> list[tuple[float, float]]:
     """Points no other point beats on both axes (lower perplexity, and more speed or less size)."""
     front = []

@@ -28,6 +28,7 @@ FIGURES = (
     "finetune_loss.png",
     "dpo_margins.png",
     "reward_margins.png",
+    "rlhf_reward_kl.png",
     "compress_pareto.png",
     "serve_latency.png",
 )

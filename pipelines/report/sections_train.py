@@ -124,12 +124,13 @@ def finetune(run: RunData, out: Path) -> Section:
 
 
 def alignment(run: RunData, out: Path) -> Section:
-    sec = Section("Preference tuning: reward / DPO margins", "alignment")
+    sec = Section("Preference tuning: reward / DPO margins, RLHF reward and KL", "alignment")
     if "finetune" not in run.manifests:
         sec.blocks.append(Para(NOT_RUN))
         return sec
     pairwise = [f for f in run.finetune_passes if f.name in ("dpo", "reward")]
-    if not pairwise:
+    rlhf = [f for f in run.finetune_passes if f.name == "rlhf"]
+    if not pairwise and not rlhf:
         sec.blocks.append(Para(f"{NOT_RUN} (the finetune stage's objective has no preference pass)"))
         return sec
     for f in pairwise:
@@ -147,6 +148,28 @@ def alignment(run: RunData, out: Path) -> Section:
         sec.blocks.append(
             Table(
                 [f"{f.name} held-out", "before", "after"],
+                [
+                    [k.removeprefix("heldout_"), fmt(before.get(k)), fmt(after.get(k))]
+                    for k in keys
+                    if k in before or k in after
+                ],
+            )
+        )
+    for f in rlhf:
+        sec.blocks.append(
+            figure(
+                out,
+                "rlhf_reward_kl.png",
+                "RLHF reward and KL to the reference",
+                lambda p, f=f: plots.rlhf_reward_kl(f.history, p),
+                "rlhf: no reward history recorded",
+            )
+        )
+        before, after = f.summary.get("heldout_before") or {}, f.summary.get("heldout_after") or {}
+        keys = ("heldout_reward", "heldout_kl", "heldout_objective", "heldout_length")
+        sec.blocks.append(
+            Table(
+                ["rlhf held-out", "before", "after"],
                 [
                     [k.removeprefix("heldout_"), fmt(before.get(k)), fmt(after.get(k))]
                     for k in keys

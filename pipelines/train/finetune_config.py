@@ -100,6 +100,10 @@ class FinetuneConfig(SectionConfig):
     num_virtual_tokens: int = Field(default=16, ge=1)
     """prefix / p-tuning: virtual tokens prepended (prefix: per layer as keys/values; p-tuning: as input
     embeddings)."""
+    prefix_init: str = "Answer the request below helpfully, accurately and briefly."
+    """prefix: text whose keys/values (the base model's own, per layer) start the prefix, so tuning starts
+    from the base model's behaviour; repeated or cut to `num_virtual_tokens` tokens. Empty: peft's random
+    start, which begins far worse than the base."""
     prompt_encoder: Literal["MLP", "LSTM"] = "MLP"
     """p-tuning: the encoder that produces the virtual-token embeddings (peft's
     encoder_reparameterization_type)."""

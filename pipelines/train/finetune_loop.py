@@ -100,7 +100,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # methods use the same model with the adapter switched off: no second copy)
         reference = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, local_files_only=True)
         reference.requires_grad_(False).eval().to(device)
-    model = apply_method(model, cfg)
+    model = apply_method(model, cfg, config.get("prefix_init_ids"))
     params = trainable_parameters(model)
     optimizer = make_optimizer(model, cfg, on_gpu)
     engine, optimizer, _, scheduler = deepspeed.initialize(

@@ -318,6 +318,7 @@ def run_finetune(
         "train_items": prep.train.items,
         "heldout_items": prep.heldout.items,
         "pad_id": prep.tokenizer.pad_token_id,
+        "prefix_init_ids": prep.tokenizer(cfg.prefix_init, add_special_tokens=False).input_ids,
         "template": prep.template.kind,
         "reward_model": str(Path(cfg.reward_model).resolve()) if cfg.reward_model else None,
         "run": name,  # the `run` tag of raylm's Ray metrics (pipelines/metrics.py)

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipelines.hardware import cpu_has_native_bf16
+
 STATE_TAG = "state"
 HF_EXPORT = "hf_model"
 CLIENT_STATE = "raylm_state"
@@ -34,14 +36,6 @@ def resolve_precision(precision: str, on_gpu: bool) -> str:
     if on_gpu:
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     return "bf16" if cpu_has_native_bf16() else "fp32"
-
-
-def cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _memory_gb(on_gpu: bool) -> tuple[float, float]:
@@ -261,8 +255,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             write_checksums(d, rank, world, step=state["step"])
             ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(d))
 
-    fail_at = config.get("fail_at_step")
-    fail_marker = config.get("fail_marker")
     if checkpoint is not None:  # a restart or re-run: marked in the log, so the loss curve shows where
         send({"kind": "resume", "step": start_step, "at": time.time()})
 
@@ -318,15 +310,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 "memory_gb": mem_now,
                 "elapsed_s": state["train_s"],
             }
-            if (
-                fail_at
-                and step == fail_at
-                and rank == world - 1
-                and fail_marker
-                and not Path(fail_marker).exists()
-            ):
-                Path(fail_marker).touch()
-                raise RuntimeError(f"raylm: injected worker failure at step {step} (test hook)")
             done = step >= cfg.max_steps
             if cfg.time_budget_s and attempt_s >= cfg.time_budget_s and not done:
                 done, stop_reason = True, "time_budget_s"

@@ -83,14 +83,53 @@ def check_target_modules(cfg: FinetuneConfig, names: list[str] | dict[str, str])
     return problems
 
 
-def apply_method(model, cfg: FinetuneConfig):
-    """The model to train: `model` itself (full) or peft's wrapper with only the adapter trainable."""
+def apply_method(model, cfg: FinetuneConfig, prefix_init_ids: list[int] | None = None):
+    """The model to train: `model` itself (full) or peft's wrapper with only the adapter trainable.
+    For prefix tuning, `prefix_init_ids` (the tokenized `finetune.prefix_init`) seed the prefix."""
     config = peft_config(cfg)
     if config is None:
         return model
     from peft import get_peft_model
 
-    return get_peft_model(model, config)
+    peft_model = get_peft_model(model, config)
+    if cfg.method == "prefix" and prefix_init_ids:
+        init_prefix_from_tokens(peft_model, prefix_init_ids)
+    return peft_model
+
+
+def init_prefix_from_tokens(peft_model, token_ids: list[int]) -> None:
+    """Set the prefix's keys and values to the base model's own cache for `token_ids` (repeated or cut to
+    `num_virtual_tokens`), so the tuned model starts as the base model reading that text.
+
+    Why our own: peft 0.21 starts prefix tuning from N(0, 1) keys and values, which are far from any real
+    key/value and make the untuned model much worse than its base (SmolLM2-135M: held-out loss 7.2 vs 3.6);
+    Li & Liang (2021, section 7.2) found that initializing from real words' activations fixes this, and
+    peft offers that only for prompt tuning's input embeddings, not for prefix tuning."""
+    import torch
+
+    config = peft_model.active_peft_config
+    n = config.num_virtual_tokens
+    ids = (list(token_ids) * (n // len(token_ids) + 1))[:n]
+    base = peft_model.get_base_model()
+    was_training = base.training
+    base.eval()  # gradient checkpointing turns the cache off in training mode
+    with torch.no_grad():
+        cache = base(torch.tensor([ids], device=base.device), use_cache=True).past_key_values
+    base.train(was_training)
+    # peft's layout (PeftModel.get_prompt): [token, 2 * layer + (0 key | 1 value), kv head, head dim]
+    layers = []
+    for layer in range(config.num_layers):
+        keys, values = cache.layers[layer].keys, cache.layers[layer].values  # [1, kv heads, n, head dim]
+        layers += [keys[0].transpose(0, 1), values[0].transpose(0, 1)]
+    weight = torch.stack(layers, dim=1).reshape(n, -1)
+    embedding = peft_model.prompt_encoder[peft_model.active_adapter].embedding
+    if embedding.weight.shape != weight.shape:  # a cache layout peft's prefix does not use
+        raise ValueError(
+            f"finetune.prefix_init: the model's cache gives {tuple(weight.shape)} prefix values, peft "
+            f"expects {tuple(embedding.weight.shape)}; set prefix_init to an empty string for peft's random "
+            "start"
+        )
+    embedding.weight.data.copy_(weight.to(embedding.weight.dtype))
 
 
 def trainable_parameters(model) -> dict[str, Any]:

@@ -36,9 +36,6 @@ from pipelines.train.objectives import span_lengths
 from pipelines.train.token_data import TokenData, TokenDataError, inspect_token_data, load_tokenizer
 from pipelines.train.vocab import family_tokenizer, objective_spec, vocab_of
 
-FAIL_AT_STEP_ENV = "RAYLM_PRETRAIN_FAIL_AT_STEP"
-"""Test hook: the last worker raises once at this step (the restart must resume from a checkpoint)."""
-
 
 class PretrainInputError(ValueError):
     """A pretrain stage that cannot run; `problems` name the recipe keys."""
@@ -299,7 +296,6 @@ def run_pretrain(
         remove_tree(run_root)
     if "://" not in checkpoint_root:
         Path(checkpoint_root).mkdir(parents=True, exist_ok=True)
-    fail_at = os.environ.get(FAIL_AT_STEP_ENV)
     eval_rows = min(pretrain.eval_sequences, data.heldout_rows)
     eval_rows -= eval_rows % pretrain.num_workers  # equal shards
     if _model_parallel(pretrain):
@@ -320,8 +316,6 @@ def run_pretrain(
         "heldout_rows": eval_rows,
         "train_flops_per_sequence": flops_seq,
         "torch_extensions_dir": os.environ.get("TORCH_EXTENSIONS_DIR", str(asset_paths().torch_extensions)),
-        "fail_at_step": int(fail_at) if fail_at else None,
-        "fail_marker": join(checkpoint_root, f".{name}.failed_once") if fail_at else None,
     }
     datasets = _datasets(data, eval_rows, ordered=_model_parallel(pretrain))
     trainer = make_trainer(

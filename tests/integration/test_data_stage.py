@@ -258,6 +258,27 @@ def test_rerun_skips_and_vocab_change_redoes_only_tokenize(first_run, inputs):
     assert after[1].manifest.metrics["vocab_size"] == 300
 
 
+def test_train_sequences_are_shuffled_and_none_is_lost(first_run, inputs):
+    """`tokenizer.shuffle` (the default) writes the same train sequences as `shuffle: false`, in another,
+    seeded order (pretraining streams the files in order, so source order would be training order)."""
+    _, run_dir, _ = first_run
+
+    def rows() -> list[tuple]:
+        table = pq.read_table(run_dir / "tokenize" / "train")
+        return [tuple(r) for r in table.column("input_ids").to_pylist()]
+
+    vocab = ["tokenizer.vocab_size=300"]  # the settings the tokenize folder holds after the re-run test
+    run_recipe(parse_recipe(recipe_text(inputs, run_dir), overrides=vocab), only={"data", "tokenize"})
+    shuffled = rows()
+    plain = parse_recipe(recipe_text(inputs, run_dir), overrides=[*vocab, "tokenizer.shuffle=false"])
+    run_recipe(plain, only={"data", "tokenize"})
+    ordered = rows()
+    assert len(shuffled) > 20
+    assert sorted(shuffled) == sorted(ordered)  # the same sequences
+    moved = sum(a != b for a, b in zip(shuffled, ordered, strict=True))
+    assert moved > len(ordered) // 2, moved
+
+
 def test_bad_recipe_fails_before_any_work(inputs, tmp_path):
     text = recipe_text(inputs, tmp_path / "run").replace(
         "- {op: lowercase, output: text_norm}", "- {op: iqr_outliers, columns: [length]}"

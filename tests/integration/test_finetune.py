@@ -1,11 +1,15 @@
 """Fine-tuning through the real stage on a local 2-CPU Ray: Ray Train workers running DeepSpeed on CPU
 (gloo), a tiny decoder tuned with SFT (LoRA, prefix, P-tuning, full), DPO (LoRA) and RLHF (RLOO, LoRA,
 against a small reward model), held-out metrics before and after, checkpoints a longer re-run continues
-from, and folders that transformers and peft load."""
+from, and folders that transformers and peft load; the LoRA adapter and its base also in vLLM."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -65,6 +69,42 @@ def recipe(run_dir: Path, base: Path, data: Path, **finetune) -> str:
     return "\n".join(lines) + "\n"
 
 
+VLLM_LORA = textwrap.dedent("""
+    import json, sys
+    from vllm import LLM, SamplingParams
+    from vllm.lora.request import LoRARequest
+
+    def main():
+        base, adapter, prompts = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+        llm = LLM(model=base, dtype="float32", enforce_eager=True, max_model_len=128, seed=0,
+                  enable_lora=True, max_lora_rank=8, max_loras=1)
+        params = SamplingParams(max_tokens=6, temperature=0.0)
+        inputs = [{"prompt_token_ids": p} for p in prompts]
+        for name, lora in (("base", None), ("lora", LoRARequest("sft", 1, adapter))):
+            out = llm.generate(inputs, params, lora_request=lora)
+            print(name.upper(), json.dumps([list(o.outputs[0].token_ids) for o in out]), flush=True)
+
+    if __name__ == "__main__":
+        main()
+""")
+
+
+def vllm_greedy(base: Path, adapter: Path, prompts: list[list[int]], tmp_path: Path) -> dict[str, list]:
+    """Greedy tokens from vLLM (CPU) for the base alone and with the adapter as a LoRA request."""
+    script = tmp_path / "vllm_lora.py"
+    script.write_text(VLLM_LORA)
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    out = subprocess.run([sys.executable, str(script), str(base), str(adapter), json.dumps(prompts)],
+                         capture_output=True, text=True, env=env, timeout=600)
+    found = {}
+    for line in out.stdout.splitlines():
+        name, _, rest = line.partition(" ")
+        if name in ("BASE", "LORA"):
+            found[name.lower()] = json.loads(rest)
+    assert set(found) == {"base", "lora"}, (out.stdout + out.stderr)[-12000:]
+    return found
+
+
 def summary_of(run_dir: Path) -> dict:
     return json.loads((run_dir / "finetune" / "summary.json").read_text())
 
@@ -99,6 +139,19 @@ def test_sft_lora_lowers_heldout_loss_quarantines_resumes_and_merges(ray_cluster
     ).input_ids
     with torch.no_grad():
         torch.testing.assert_close(tuned(ids).logits, merged(ids).logits, atol=1e-4, rtol=1e-4)
+    # vLLM serves the stage's adapter on the base (the format `raylm serve` loads): its greedy answers
+    # are the merged model's, and the base alone still answers as the base
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    prompts = [tok(p).input_ids for p in ("Repeat the word apple twice.", "Say hello to river.",
+                                          "What comes after stone?")]
+    base_model = AutoModelForCausalLM.from_pretrained(base).eval()
+    with torch.no_grad():
+        want = {name: [m.generate(torch.tensor([p]), max_new_tokens=6, do_sample=False)[0, len(p):].tolist()
+                       for p in prompts] for name, m in (("base", base_model), ("lora", merged))}
+    got = vllm_greedy(base, model_dir, prompts, tmp_path)
+    assert want["lora"] != want["base"]  # the adapter changes the answers, so the check below can fail
+    for name in ("base", "lora"):
+        assert [g[:3] for g in got[name]] == [w[:3] for w in want[name]], name
     # a longer run continues from the step-60 checkpoint
     cfg = parse_recipe(
         recipe(run_dir, base, data, method="lora", zero_stage=2, max_steps=64, eval_generate=0)

@@ -12,7 +12,6 @@ import pytest
 from cluster.config import parse_recipe
 from cluster.orchestrate import run_recipe
 from cluster.runtime import ray_session
-from pipelines.train.stage import FAIL_AT_STEP_ENV
 from pipelines.train.token_data import write_token_data
 from tests.unit.train.conftest import pydoc_texts
 
@@ -62,20 +61,16 @@ def records(stage: Path) -> list[dict]:
     return [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_decoder_zero2_survives_a_worker_failure_resumes_on_rerun_and_exports(
-    ray_cluster, tokens, tmp_path, monkeypatch
-):
+def test_decoder_zero2_resumes_on_rerun_and_exports(ray_cluster, tokens, tmp_path):
+    """A worker killed mid-run (FailureConfig) and a killed driver are tested on the real command in
+    tests/reliability/test_train_faults.py; here: ZeRO-2 state saved and resumed by a longer re-run."""
     run_dir = tmp_path / "run"
     stage = run_dir / "pretrain"
-    # 1. four steps, a checkpoint every two; the last worker dies once at step 3: the restarted worker group
-    # must resume from the step-2 checkpoint (FailureConfig(max_failures=1)) and finish
-    monkeypatch.setenv(FAIL_AT_STEP_ENV, "3")
+    # 1. four steps, a checkpoint every two
     cfg = parse_recipe(recipe(run_dir, tokens, "decoder", zero_stage=2, max_steps=4))
     (result,) = run_recipe(cfg, only={"pretrain"})
-    monkeypatch.delenv(FAIL_AT_STEP_ENV)
     summary = json.loads((stage / "summary.json").read_text())
-    assert summary["step"] == 4 and summary["start_step"] == 2  # the final attempt started at the checkpoint
-    assert list((run_dir / "checkpoints" / "pretrain").glob(".pretrain-*.failed_once"))
+    assert (summary["start_step"], summary["step"]) == (0, 4)
     assert result.manifest.metrics["step"] == 4
     # 2. the same recipe with more steps: the re-run continues from step 4, not from 0
     cfg = parse_recipe(recipe(run_dir, tokens, "decoder", zero_stage=2, max_steps=6))
@@ -83,7 +78,7 @@ def test_decoder_zero2_survives_a_worker_failure_resumes_on_rerun_and_exports(
     summary = json.loads((stage / "summary.json").read_text())
     assert (summary["start_step"], summary["step"], summary["steps_this_run"]) == (4, 6, 2)
     steps = [r["step"] for r in records(stage) if r["kind"] == "train"]
-    assert steps == [1, 2, 3, 4, 5, 6]  # the log covers every attempt, the redone step 3 once
+    assert steps == [1, 2, 3, 4, 5, 6]  # the log covers both runs, each step once
     losses = [r["loss"] for r in records(stage) if r["kind"] == "train"]
     assert all(0 < v < 10 for v in losses) and losses[-1] < losses[0]
     evals = [r for r in records(stage) if r["kind"] == "eval"]

@@ -2,6 +2,9 @@
 1-2 minutes to start), serving the reference model with two LoRA adapters (one from a local folder, one
 from s3:// on a moto server on 127.0.0.1) behind bearer-token auth.
 
+Also runs the API fuzzing of the reliability checks (tests/reliability/api_fuzz.py) against the same app,
+so vLLM starts once for both.
+
 Covers: the openai client (models, completions, chat; streaming and not), bad inputs (4xx with an
 OpenAI-style body, no hang), auth (401; the key in no log), LoRA greedy output equal to transformers +
 peft, the planner's KV capacity against the engine's, metrics on Ray's metrics endpoint.
@@ -19,6 +22,7 @@ import requests
 
 from cluster.runtime import isolate_side_files, ray_session
 from pipelines.assets import asset_paths
+from tests.reliability.api_fuzz import BODY_TIMEOUT_S, check_hostile_requests
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -79,6 +83,7 @@ def served(tmp_path_factory):
         cfg = ServeConfig.model_validate({
             "port": _free_port(),
             "api_keys": [KEY],
+            "request_body_timeout_s": BODY_TIMEOUT_S,  # the fuzz's slow client must get its 408 soon
             "models": [{
                 "name": "smollm2", "path": "assets:models/SmolLM2-135M-Instruct", "device": "cpu",
                 # fp32: greedy decoding equals transformers + peft token for token (in bf16 both sides
@@ -304,3 +309,9 @@ def test_app_builder_builds_the_same_app_from_a_serve_section(served):
     assert built._bound_deployment.name == "OpenAiIngress"
     with pytest.raises(ValueError, match="args must be"):
         app_builder({"llm_configs": []})
+
+
+def test_hostile_requests_never_get_a_5xx_and_the_app_survives(served):
+    """Issue 10's API fuzzing (tests/reliability/api_fuzz.py) on this module's app: last, because it is
+    the one test that tries to break it."""
+    check_hostile_requests(served["url"].removesuffix("/v1"), KEY)

@@ -21,7 +21,7 @@ def record_result(section: str, figures: dict[str, Any]) -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}",
     }
     if "server_errors_5xx" not in data:
-        data["server_errors_5xx"] = None  # set by the API fuzzing (test_api_fuzz.py)
+        data["server_errors_5xx"] = None  # set by the API fuzzing (api_fuzz.py, run by test_serve_app.py)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     print(f"[reliability] {section}: {json.dumps(figures, sort_keys=True)}")

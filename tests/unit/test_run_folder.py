@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -56,6 +57,33 @@ def test_upstream_change_invalidates_downstream(tmp_path):
     again = run.run_stage("train", {"lr": 1}, inputs, _body(calls))
     assert not again.skipped and len(calls) == 4
     assert again.manifest.inputs["data"]["stage"] == "data"
+
+
+def test_a_folder_inside_a_stage_carries_that_stages_fingerprint(tmp_path):
+    """`finetune/dpo/merged` has no manifest of its own: a stage reading it is redone when the stage that
+    wrote it is (the quickstart once kept serving a stale compress output because it was not)."""
+    run = RunFolder(str(tmp_path))
+    calls: list[str] = []
+
+    def nested(value):
+        def body(out):
+            Path(out, "dpo", "merged").mkdir(parents=True)
+            return {"value": value}
+
+        return body
+
+    run.run_stage("finetune", {"k": 1}, {}, nested(1))
+    inputs = {"base": str(tmp_path / "finetune" / "dpo" / "merged")}
+    first = run.run_stage("compress", {"m": 1}, inputs, _body(calls))
+    assert first.manifest.inputs["base"]["stage"] == "finetune"
+    owner = read_manifest(str(tmp_path / "finetune"))
+    assert first.manifest.inputs["base"]["fingerprint"] == owner.fingerprint()
+    assert run.run_stage("compress", {"m": 1}, inputs, _body(calls)).skipped
+    run.run_stage("finetune", {"k": 2}, {}, nested(2))  # the writer redone with another config
+    assert not run.run_stage("compress", {"m": 1}, inputs, _body(calls)).skipped
+    (tmp_path / "mine").mkdir()  # outside any stage: no fingerprint
+    outside = run.run_stage("other", {}, {"d": str(tmp_path / "mine")}, _body(calls))
+    assert outside.manifest.inputs["d"]["fingerprint"] is None
 
 
 def test_failed_stage_leaves_no_manifest_and_is_redone(tmp_path):

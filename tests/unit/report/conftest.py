@@ -159,7 +159,23 @@ def make_run(root: Path, stages: tuple[str, ...] = ALL_STAGES, objective: str = 
             "heldout_before": {"heldout_accuracy": 0.0, "heldout_margin": 0.0},
             "heldout_after": {"heldout_accuracy": 0.65, "heldout_margin": 0.014},
         }
-        if objective == "sft+dpo":
+        if objective == "rlhf":  # RLOO records: reward of the rollouts and KL to the reference
+            history = []
+            for step in range(1, 9):
+                history.append({"kind": "train", "step": step, "reward": 0.05 * step, "kl": 0.3 * step})
+                if step % 4 == 0:
+                    history += [{"kind": "eval", "step": step, "heldout_reward": step / 25, "heldout_kl": 1}]
+            summary = {
+                "objective": "rlhf",
+                "method": "lora",
+                "step": 8,
+                "heldout_before": {"heldout_reward": -0.0119, "heldout_kl": 0.0},
+                "heldout_after": {"heldout_reward": 0.213, "heldout_kl": 2.64},
+            }
+            _jsonl(root / "finetune" / "metrics.jsonl", history)
+            (root / "finetune" / "summary.json").write_text(json.dumps(summary))
+            _manifest(root, "finetune", summary)
+        elif objective == "sft+dpo":
             _jsonl(root / "finetune" / "sft" / "metrics.jsonl", _history(10, 6.9, 6.5, 5))
             _jsonl(root / "finetune" / "dpo" / "metrics.jsonl", _history(8, 0.693, 0.68, 4, pairwise=True))
             _manifest(root, "finetune", {"objective": "sft+dpo", "method": "lora", "sft": sft, "dpo": dpo})

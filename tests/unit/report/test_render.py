@@ -64,6 +64,18 @@ def test_full_report_links_every_figure_and_loads_nothing_external(full_run):
     assert "&lt;b&gt;x&lt;/b&gt;" in html and "<b>x</b>" not in html
 
 
+def test_rlhf_run_shows_reward_and_kl(tmp_path):
+    run = make_run(tmp_path / "r", stages=("finetune",), objective="rlhf")
+    write_report(str(run))
+    report = run / "report"
+    assert "rlhf_reward_kl.png" in _links((report / "index.html").read_text())
+    assert (report / "rlhf_reward_kl.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    body = (report / "index.md").read_text().split("## Preference tuning", 1)[1].split("\n## ", 1)[0]
+    assert "| reward | -0.0119 | 0.213 |" in body
+    assert "| kl | 0 | 2.64 |" in body
+    assert "not run" not in body
+
+
 def test_missing_stages_say_not_run(tmp_path):
     run = make_run(tmp_path / "r", stages=("data", "pretrain"))
     write_report(str(run))

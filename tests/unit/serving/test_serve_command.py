@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from cluster.cli import app
@@ -12,7 +13,7 @@ from pipelines.run_folder import RunFolder
 from serving.app import check_architecture, vllm_architectures
 from serving.config import ServeModelConfig
 from serving.planner import ModelSpec, PlanError
-from tests.unit.serving.conftest import SMOLLM2, make_model_folder
+from tests.unit.serving.conftest import SMOLLM2, SMOLLM2_WEIGHT_BYTES, make_model_folder
 
 runner = CliRunner()
 
@@ -25,11 +26,14 @@ def _recipe(tmp_path, folder, extra=""):
     return path
 
 
-def test_plan_prints_the_table_and_starts_nothing(tmp_path, smollm2_folder):
+def test_plan_prints_the_table_and_starts_nothing(tmp_path, smollm2_folder, monkeypatch):
+    import serving.app
+
+    monkeypatch.setattr(serving.app, "cpu_has_native_bf16", lambda: True)  # the same numbers on any CPU
     out = runner.invoke(app, ["serve", str(_recipe(tmp_path, smollm2_folder)), "--plan"], terminal_width=200)
     assert out.exit_code == 0, out.output
     for text in ("serve plan: smol", "KV capacity", "16,512 tokens", "129 blocks", "max_num_seqs",
-                 '"kv_cache_memory_bytes": 380436480'):
+                 '"kv_cache_memory_bytes": 380436480', '"load_format": "safetensors"'):
         assert text in out.output, text
     assert not (tmp_path / "run").exists()
     js = runner.invoke(app, ["serve", str(_recipe(tmp_path, smollm2_folder)), "--plan", "--json"])
@@ -135,3 +139,35 @@ def test_run_paths_point_at_this_runs_folders(tmp_path, smollm2_folder):
     out = runner.invoke(app, ["serve", str(path), "--plan", "--json"])
     assert out.exit_code == 0, out.output
     assert json.loads(out.output)["smol"]["num_blocks"] == 129
+
+
+@pytest.mark.parametrize(
+    ("native_bf16", "engine_args", "device", "quantized", "dtype"),
+    [
+        (False, {}, "cpu", False, "float32"),  # emulated bf16: raylm picks fp32
+        (True, {}, "cpu", False, None),  # native bf16: vLLM's own choice stays
+        (False, {"dtype": "bfloat16"}, "cpu", False, "bfloat16"),  # the recipe's dtype wins
+        (False, {}, "gpu", False, None),
+        (False, {}, "cpu", True, None),  # a quantized checkpoint keeps its activation dtype
+    ],
+)
+def test_cpu_without_native_bf16_serves_fp32_and_plans_its_memory(
+    tmp_path, monkeypatch, native_bf16, engine_args, device, quantized, dtype
+):
+    import serving.app
+    from serving.app import plan_app
+    from serving.config import ServeConfig
+
+    monkeypatch.setattr(serving.app, "cpu_has_native_bf16", lambda: native_bf16)
+    quant = {"quantization_config": {"quant_method": "compressed-tensors"}} if quantized else {}
+    config = {**SMOLLM2, **quant}
+    folder = make_model_folder(tmp_path / "m", config, SMOLLM2_WEIGHT_BYTES)
+    targets = {"node_memory_gb": 16, "context_length": 512, "concurrent_sequences": 4}
+    cfg = ServeConfig(models=[{"name": "m", "path": str(folder), "device": device, "targets": targets,
+                               "engine_args": engine_args}])
+    plan = plan_app(cfg, check_arch=False)
+    assert plan.config.models[0].engine_args.get("dtype") == dtype
+    assert ("dtype float32" in " ".join(plan.notes["m"])) == (dtype == "float32" and not engine_args)
+    if not quantized:  # weights in memory: 4 bytes per bf16 checkpoint's 2 when served in fp32
+        factor = 2 if dtype == "float32" else 1
+        assert plan.plans["m"].weight_bytes == SMOLLM2_WEIGHT_BYTES * factor

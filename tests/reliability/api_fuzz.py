@@ -1,7 +1,10 @@
 """Hostile input to the OpenAI-compatible API (issue 10, item 4): bodies derived from the app's own OpenAPI
 schema with every field set to hostile values, plus hand-made cases (huge prompts and `max_tokens`,
 negative/NaN/infinite numbers, deep nesting, invalid UTF-8, out-of-vocabulary token ids, a slow client).
-Zero 5xx answers, zero crashes (the app answers normally afterwards). The count goes to
+
+The cases and the check live here; the test runs against the serving test's app
+(`tests/integration/test_serve_app.py::test_hostile_requests_never_get_a_5xx_and_the_app_survives`), so
+vLLM starts once for both (a minute and more on 2 cores). The count goes to
 benchmarks/results/reliability.json as `server_errors_5xx`."""
 
 from __future__ import annotations
@@ -13,15 +16,11 @@ import socket
 import time
 
 import httpx
-import pytest
 
-from cluster.runtime import ray_session
 from tests.reliability.results import record_result
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
-
-KEY = "sk-raylm-fuzz-7c1d"
 BODY_TIMEOUT_S = 3.0
+"""The app's `request_body_timeout_s` for this check: the slow client must get 408 soon after."""
 BASE = {
     "/v1/completions": {"model": "smollm2", "prompt": "Hello", "max_tokens": 1, "temperature": 0},
     "/v1/chat/completions": {
@@ -33,44 +32,6 @@ BASE = {
 }
 # What each field is set to, one at a time: wrong types, out-of-range and extreme numbers, empties.
 HOSTILE = [None, -1, 2**63, 1e308, "x" * 10_000, [[[[1]]]], {"a": {"b": 1}}]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def app_url():
-    from serving.app import plan_app, start_app, stop_app
-    from serving.config import ServeConfig
-
-    cfg = ServeConfig.model_validate(
-        {
-            "port": _free_port(),
-            "api_keys": [KEY],
-            "request_body_timeout_s": BODY_TIMEOUT_S,
-            "models": [
-                {
-                    "name": "smollm2",
-                    "path": "assets:models/SmolLM2-135M-Instruct",
-                    "device": "cpu",
-                    "engine_args": {"enforce_eager": True},
-                    "targets": {"context_length": 512, "concurrent_sequences": 4},
-                }
-            ],
-        }
-    )
-    with ray_session(num_cpus=2):
-        from ray import serve
-
-        running = start_app(plan_app(cfg))
-        try:
-            yield running.url.removesuffix("/v1")
-        finally:
-            stop_app(cfg)
-            serve.shutdown()
 
 
 def schema_cases(openapi: dict) -> list[tuple[str, bytes]]:
@@ -139,8 +100,8 @@ def hand_cases() -> list[tuple[str, bytes]]:
     return raw + [(p, json.dumps(b).encode()) for p, b in bodies]
 
 
-async def _send_all(url: str, cases: list[tuple[str, bytes]], concurrency: int = 8):
-    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+async def _send_all(url: str, key: str, cases: list[tuple[str, bytes]], concurrency: int = 8):
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     sem = asyncio.Semaphore(concurrency)
     out: list[tuple[str, bytes, int | str]] = []
     async with httpx.AsyncClient(timeout=120) as client:
@@ -157,7 +118,7 @@ async def _send_all(url: str, cases: list[tuple[str, bytes]], concurrency: int =
     return out
 
 
-def _slow_client(url: str) -> int:
+def _slow_client(url: str, key: str) -> int:
     """Send the headers and half the body, then stall: the server must answer 408, not wait forever."""
     host, port = url.removeprefix("http://").split(":")
     body = json.dumps(BASE["/v1/completions"]).encode()
@@ -165,7 +126,7 @@ def _slow_client(url: str) -> int:
         s.sendall(
             b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Authorization: Bearer "
-            + KEY.encode()
+            + key.encode()
             + b"\r\nContent-Length: "
             + str(len(body)).encode()
             + b"\r\n\r\n"
@@ -223,15 +184,17 @@ class TreeMemory:
         return {k: round(getattr(self, f"{k}_mb")) for k in ("before", "peak", "after")}
 
 
-def test_hostile_requests_never_get_a_5xx_and_the_app_survives(app_url):
-    openapi = httpx.get(app_url + "/openapi.json", headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+def check_hostile_requests(app_url: str, key: str) -> None:
+    """Fuzz the app at `app_url` (bearer `key`): no 5xx, the slow client gets 408, it answers normally
+    afterwards, and the process tree's memory stays bounded; the figures go to reliability.json."""
+    openapi = httpx.get(app_url + "/openapi.json", headers={"Authorization": f"Bearer {key}"}, timeout=60)
     spec = openapi.json() if openapi.status_code == 200 else {}
     cases = schema_cases(spec) + hand_cases()
     with TreeMemory() as memory:
         t0 = time.perf_counter()
-        results = asyncio.run(_send_all(app_url, cases))
+        results = asyncio.run(_send_all(app_url, key, cases))
         wall = time.perf_counter() - t0
-        slow_status = _slow_client(app_url)
+        slow_status = _slow_client(app_url, key)
     statuses: dict[str, int] = {}
     for _, _, status in results:
         statuses[str(status)] = statuses.get(str(status), 0) + 1
@@ -240,7 +203,7 @@ def test_hostile_requests_never_get_a_5xx_and_the_app_survives(app_url):
     ok = httpx.post(
         app_url + "/v1/completions",
         json=BASE["/v1/completions"],
-        headers={"Authorization": f"Bearer {KEY}"},
+        headers={"Authorization": f"Bearer {key}"},
         timeout=120,
     )
     record_result(
