@@ -123,53 +123,38 @@ def finetune(run: RunData, out: Path) -> Section:
     return sec
 
 
+# What the alignment section shows per pass: (figure file, alt text, plot, held-out keys of its table)
+_ALIGNMENT = {
+    "dpo": ("dpo_margins.png", "dpo reward margins and accuracy",
+            lambda f, p: plots.preference_margins(f.name, f.history, p),
+            ("heldout_loss", "heldout_margin", "heldout_accuracy", "heldout_logp_accuracy")),
+    "reward": ("reward_margins.png", "reward reward margins and accuracy",
+               lambda f, p: plots.preference_margins(f.name, f.history, p),
+               ("heldout_loss", "heldout_margin", "heldout_accuracy", "heldout_logp_accuracy")),
+    "rlhf": ("rlhf_reward_kl.png", "RLHF reward and KL to the reference",
+             lambda f, p: plots.rlhf_reward_kl(f.history, p),
+             ("heldout_reward", "heldout_kl", "heldout_objective", "heldout_length")),
+}
+
+
 def alignment(run: RunData, out: Path) -> Section:
     sec = Section("Preference tuning: reward / DPO margins, RLHF reward and KL", "alignment")
     if "finetune" not in run.manifests:
         sec.blocks.append(Para(NOT_RUN))
         return sec
-    pairwise = [f for f in run.finetune_passes if f.name in ("dpo", "reward")]
-    rlhf = [f for f in run.finetune_passes if f.name == "rlhf"]
-    if not pairwise and not rlhf:
+    passes = [f for f in run.finetune_passes if f.name in _ALIGNMENT]
+    if not passes:
         sec.blocks.append(Para(f"{NOT_RUN} (the finetune stage's objective has no preference pass)"))
         return sec
-    for f in pairwise:
+    for f in passes:
+        name, alt, draw, keys = _ALIGNMENT[f.name]
         sec.blocks.append(
-            figure(
-                out,
-                f"{f.name}_margins.png",
-                f"{f.name} reward margins and accuracy",
-                lambda p, f=f: plots.preference_margins(f.name, f.history, p),
-                f"{f.name}: no margin history recorded",
-            )
+            figure(out, name, alt, lambda p, f=f, draw=draw: draw(f, p), f"{f.name}: no history recorded")
         )
         before, after = f.summary.get("heldout_before") or {}, f.summary.get("heldout_after") or {}
-        keys = ("heldout_loss", "heldout_margin", "heldout_accuracy", "heldout_logp_accuracy")
         sec.blocks.append(
             Table(
                 [f"{f.name} held-out", "before", "after"],
-                [
-                    [k.removeprefix("heldout_"), fmt(before.get(k)), fmt(after.get(k))]
-                    for k in keys
-                    if k in before or k in after
-                ],
-            )
-        )
-    for f in rlhf:
-        sec.blocks.append(
-            figure(
-                out,
-                "rlhf_reward_kl.png",
-                "RLHF reward and KL to the reference",
-                lambda p, f=f: plots.rlhf_reward_kl(f.history, p),
-                "rlhf: no reward history recorded",
-            )
-        )
-        before, after = f.summary.get("heldout_before") or {}, f.summary.get("heldout_after") or {}
-        keys = ("heldout_reward", "heldout_kl", "heldout_objective", "heldout_length")
-        sec.blocks.append(
-            Table(
-                ["rlhf held-out", "before", "after"],
                 [
                     [k.removeprefix("heldout_"), fmt(before.get(k)), fmt(after.get(k))]
                     for k in keys
