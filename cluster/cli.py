@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cluster.config import RecipeError, describe_keys, load_recipe
+from cluster.headline import headline
 
 app = typer.Typer(
     add_completion=False,
@@ -90,20 +91,10 @@ def _summary(results) -> None:
     for col in ("stage", "status", "wall s", "key metrics"):
         table.add_column(col)
     for r in results:
-        key = ", ".join(f"{k}={v}" for k, v in list(_flat(r.manifest.metrics).items())[:4])
+        key = headline(r.stage, r.manifest.metrics)
         wall = f"{r.manifest.timings.get('wall_s', 0):.1f}"
         table.add_row(r.stage, "reused" if r.skipped else "done", wall, key)
     console.print(table)
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        elif isinstance(v, int | float | str | bool):
-            out[f"{prefix}{k}"] = round(v, 4) if isinstance(v, float) else v
-    return out
 
 
 @app.command()
@@ -156,7 +147,7 @@ def status(run_dir: Path = typer.Argument(..., help="A run folder, e.g. runs/qui
     for col in ("stage", "finished", "wall s", "config", "metrics"):
         table.add_column(col)
     for folder, m in manifests.items():
-        metrics = ", ".join(f"{k}={v}" for k, v in list(_flat(m.metrics).items())[:6])
+        metrics = headline(folder, m.metrics)
         table.add_row(folder, m.created_at, f"{m.timings.get('wall_s', 0):.1f}", m.config_hash, metrics)
     console.print(table)
 

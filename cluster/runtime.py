@@ -152,6 +152,9 @@ def ray_session(
         )
         if object_store_memory_gb:
             kwargs["object_store_memory"] = int(object_store_memory_gb * 1024**3)
+        if not dashboard:  # no State API server: quiet what polls it (cluster/worker_setup.py)
+            hook = "cluster.worker_setup.quiet_state_api_warnings"
+            kwargs["runtime_env"] = {"worker_process_setup_hook": hook}
     else:
         check_reachable(address)
         kwargs["address"] = address

@@ -160,14 +160,20 @@ OWNER_DEPTH = 3
 """How many parent folders `_owning_stage` looks through (`<run>/finetune/dpo/merged` is 2 below)."""
 
 
-def _owning_stage(folder: str) -> Manifest | None:
-    """The manifest of the nearest raylm stage folder above a local `folder`, if any."""
+def _parents(folder: str) -> list[str]:
+    """Up to OWNER_DEPTH parent folders of a local path or a URI (never above a URI's bucket)."""
     if "://" in folder:
-        return None
-    parent = Path(folder).resolve()
-    for _ in range(OWNER_DEPTH):
-        parent = parent.parent
-        d = read_json(str(parent / MANIFEST))
+        scheme, rest = folder.split("://", 1)
+        parts = rest.rstrip("/").split("/")
+        return [f"{scheme}://" + "/".join(parts[:n]) for n in range(len(parts) - 1, 0, -1)][:OWNER_DEPTH]
+    path = Path(folder).resolve()
+    return [str(p) for p in path.parents][:OWNER_DEPTH]
+
+
+def _owning_stage(folder: str) -> Manifest | None:
+    """The manifest of the nearest raylm stage folder above `folder` (local or `s3://`), if any."""
+    for parent in _parents(folder):
+        d = read_json(join(parent, MANIFEST))
         if isinstance(d, dict) and "stage" in d and "config_hash" in d:
             return Manifest.from_dict(d)
     return None

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.hardware import cpu_has_native_bf16
+from serving import cpu_binding
 from serving.config import ServeConfig, ServeModelConfig
 from serving.planner import (
     GiB,
@@ -51,6 +52,8 @@ class AppPlan:
     specs: dict[str, ModelSpec]
     plans: dict[str, ServePlan]
     notes: dict[str, list[str]] = field(default_factory=dict)
+    cpu_cores: dict[str, int] = field(default_factory=dict)
+    """CPU models: the cores each replica's engine threads are pinned to (serving.cpu_binding)."""
 
 
 def _cluster_gpus() -> float | None:
@@ -174,7 +177,22 @@ def plan_app(cfg: ServeConfig, *, check_arch: bool = True) -> AppPlan:
             problems.append(str(exc))
     if problems:
         raise PlanError("\n".join(problems))
-    return AppPlan(cfg.model_copy(update={"models": models}), devices, specs, plans, notes)
+    cores = _cpu_cores(models, devices)
+    for name, n in cores.items():
+        notes[name].append(f"vLLM threads pinned to {n} core(s) per replica, the node's least claimed "
+                           f"({cpu_binding.VLLM_BIND} overrides)")
+    return AppPlan(cfg.model_copy(update={"models": models}), devices, specs, plans, notes, cores)
+
+
+def _cpu_cores(models: list[ServeModelConfig], devices: dict[str, str]) -> dict[str, int]:
+    """Cores per CPU replica: the recipe's `omp_cores`, else the node's CPUs shared by every CPU replica
+    of the recipe (counted at their autoscaling maximum)."""
+    on_cpu = [m for m in models if devices[m.name] == "cpu"]
+    if not on_cpu or os.environ.get(cpu_binding.VLLM_BIND):
+        return {}
+    replicas = sum(m.autoscaling.max_replicas if m.autoscaling else m.replicas for m in on_cpu)
+    cpus = cpu_binding.node_cpus()
+    return {m.name: cpu_binding.cores_per_replica(m.omp_cores, replicas, cpus) for m in on_cpu}
 
 
 def engine_kwargs(model: ServeModelConfig, plan: ServePlan) -> dict[str, Any]:
@@ -191,7 +209,9 @@ def engine_kwargs(model: ServeModelConfig, plan: ServePlan) -> dict[str, Any]:
     return kwargs
 
 
-def llm_config_dict(model: ServeModelConfig, plan: ServePlan, device: str) -> dict[str, Any]:
+def llm_config_dict(
+    model: ServeModelConfig, plan: ServePlan, device: str, cores: int | None = None
+) -> dict[str, Any]:
     """One model's Ray Serve LLM `LLMConfig`, as a dict (what `build_openai_app` also accepts)."""
     deployment: dict[str, Any] = {}
     if model.autoscaling is not None:
@@ -214,6 +234,8 @@ def llm_config_dict(model: ServeModelConfig, plan: ServePlan, device: str) -> di
     else:
         config["accelerator_config"] = {"kind": "gpu"}
     env = {k: os.environ[k] for k in _PASS_ENV if os.environ.get(k)}
+    if device == "cpu" and cores:
+        env[cpu_binding.ENV_CORES] = str(cores)  # claimed by the replica as it starts (deployments.py)
     if env:
         config["runtime_env"] = {"env_vars": env}
     if model.has_lora:
@@ -243,7 +265,7 @@ def build_app(app_plan: AppPlan, api_key_digests: tuple[str, ...] = ()):
     deployments, cards, lora_paths, adapters = {}, {}, {}, {}
     for model in cfg.models:
         plan, device = app_plan.plans[model.name], app_plan.devices[model.name]
-        llm_config = LLMConfig(**llm_config_dict(model, plan, device))
+        llm_config = LLMConfig(**llm_config_dict(model, plan, device, app_plan.cpu_cores.get(model.name)))
         bind = {"lora_adapters": {a.name: a.resolved_path() for a in model.lora_adapters}}
         deployments[model.name] = build_llm_deployment(
             llm_config, deployment_cls=RaylmLLMServer, bind_kwargs=bind, name_prefix="LLMServer:")

@@ -110,6 +110,11 @@ class ServeModelConfig(SectionConfig):
     """CPUs Ray reserves for each CPU replica's engine (a scheduling share, not a thread count). Below 1
     lets several small models share a laptop's CPUs (e.g. 0.5 each for three models on 2 CPUs). GPU
     replicas reserve one GPU each instead."""
+    omp_cores: int | None = Field(default=None, ge=1)
+    """CPU replicas: cores each replica's engine threads are pinned to (vLLM's OpenMP threads); each
+    replica claims the least claimed cores of its node. None: the node's CPUs shared evenly by all CPU
+    replicas of the recipe (all of them for a single replica). `VLLM_CPU_OMP_THREADS_BIND` set in the
+    environment overrides it. Set it on clusters whose nodes hold fewer replicas than the recipe has."""
     autoscaling: AutoscalingConfig | None = None
     """Autoscale replicas with load instead of running a fixed number."""
     max_ongoing_requests: int | None = Field(default=None, ge=1)

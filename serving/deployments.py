@@ -5,7 +5,8 @@
 - `RaylmLLMServer`: Ray Serve LLM's `LLMServer` with an adapter loader that serves the recipe's adapters
   from local folders (single node) or object-store URIs, and keeps downloads in the replica's temp folder.
 - `LocalModelCallback`: skips Ray Serve LLM's per-node "download the model" tasks when the model is a
-  local folder (each task is a fresh worker importing vLLM: ~15-30 s of start-up for nothing).
+  local folder (each task is a fresh worker importing vLLM: ~15-30 s of start-up for nothing), and on
+  CPU nodes pins the engine's threads to the cores the replica claims (`serving.cpu_binding`).
 - `openai_error_handler`: FastAPI's `HTTPException`s (unknown model, unknown route) answered with an
   OpenAI-style error body instead of FastAPI's `{"detail": ...}`.
 
@@ -14,6 +15,7 @@ This module is imported inside Ray workers; it must stay importable without the 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tempfile
@@ -31,6 +33,10 @@ from ray.llm._internal.serve.core.server.llm_server import LLMServer
 from ray.llm._internal.serve.utils.lora_serve_utils import LoraModelLoader
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
+
+from serving.cpu_binding import bind_this_replica
+
+logger = logging.getLogger("ray.serve")
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
                 405: "invalid_request_error", 408: "timeout", 413: "invalid_request_error",
@@ -146,9 +152,14 @@ class RaylmLLMServer(LLMServer):
 
 
 class LocalModelCallback(CallbackBase):
-    """Skip the per-node model download when `model_source` is a folder that exists on this node."""
+    """Skip the per-node model download when `model_source` is a folder that exists on this node; on CPU
+    nodes, pin the engine's threads to the cores this replica claims (serving.cpu_binding)."""
 
     async def on_before_node_init(self) -> None:
+        mask = bind_this_replica()
+        if mask is not None:
+            logger.info("raylm: vLLM threads of %s pinned to cores %s",
+                        self.llm_config.model_loading_config.model_id, mask)
         source = self.llm_config.model_loading_config.model_source
         if isinstance(source, str) and not is_remote_path(source) and os.path.isdir(source):
             self.ctx.run_init_node = False

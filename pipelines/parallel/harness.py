@@ -41,6 +41,9 @@ class RunSpec:
     """Result keys of the layouts (None: each layout's key, e.g. dp2xpp1xtp1)."""
     overrides: list[dict[str, Any]] | None = None
     """Per layout, pretrain keys set on top of `pretrain` (e.g. grad_accum_steps)."""
+    resume_after: int | None = None
+    """After this many steps, every rank saves its state, a fresh trainer (step-0 weights) loads it and
+    trains the rest: the losses must not notice."""
 
     def name(self, i: int) -> str:
         return self.names[i] if self.names else self.layouts[i].key
@@ -152,7 +155,9 @@ def _worker(rank: int, spec: RunSpec, port: int, out_dir: str) -> None:
         d, _, _ = layout.coords(rank)
         gas = cfg.grad_accum_steps
         losses, times = [], []
-        for micro in batches:
+        for s, micro in enumerate(batches):
+            if s == spec.resume_after:
+                trainer = _reloaded(trainer, os.path.join(out_dir, f"ckpt-{i}"), s, spec, layout, cfg)
             t0 = time.perf_counter()
             losses.append(trainer.step(micro[d * gas : (d + 1) * gas]))
             times.append(time.perf_counter() - t0)
@@ -179,6 +184,28 @@ def _worker(rank: int, spec: RunSpec, port: int, out_dir: str) -> None:
     with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as f:
         pickle.dump(results, f)
     dist.destroy_process_group()
+
+
+def _reloaded(trainer, folder: str, step: int, spec: RunSpec, layout: Layout, cfg):
+    """`trainer`'s state saved into `folder` (shared by the ranks, as Ray Train's merged checkpoint is),
+    loaded by a new trainer built from the seed; the new one."""
+    import torch.distributed as dist
+    from deepspeed.utils import groups
+
+    from pipelines.parallel.trainer import ParallelTrainer
+
+    os.makedirs(folder, exist_ok=True)
+    trainer.save_state(folder, {"step": step})
+    dist.barrier()
+    del trainer
+    groups.mpu = None  # as between layouts (below)
+    model_cfg, _ = configs(spec, layout)
+    vocab, ospec = vocab_spec(spec.vocab_size)
+    fresh = ParallelTrainer(model_cfg, vocab, ospec, cfg, layout, spec.seed)
+    client = fresh.load_state(folder)
+    if client.get("step") != step:
+        raise RuntimeError(f"the checkpoint's client state says step {client.get('step')}, not {step}")
+    return fresh
 
 
 def run_layouts(spec: RunSpec) -> dict[str, list[dict[str, Any]]]:

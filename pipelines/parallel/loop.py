@@ -8,9 +8,12 @@ data-parallel index: of each `micro_batch_size x dp` rows, replica d takes the d
 duplicated pp x tp times, which is cheap next to training; a Ray Data split per dp group is the
 improvement when it is not.
 
-What this path does not do yet (docs/parallel.md): resume from a mid-run checkpoint (a restarted group
-trains from step 0), the held-out evaluation, ZeRO-2/3. The final checkpoint holds the exported
-Hugging Face folder (`hf_model/`), as the data-parallel path's does.
+Checkpoints are every `checkpoint_interval` steps and at the end, as in the plain loop: each rank's share
+of the state (`ParallelTrainer.save_state`: DeepSpeed's per-stage files, or each tensor rank's shards),
+merged by Ray Train; a restarted worker group or a longer re-run resumes under the same layout from the
+latest, skipping the micro-batches already trained on. The final checkpoint also holds the exported
+Hugging Face folder (`hf_model/`). What this path does not do yet (docs/parallel.md): the held-out
+evaluation, ZeRO-2/3.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipelines.train.checkpoint_integrity import verify_checksums, write_checksums
 from pipelines.train.loop import (
     HF_EXPORT,
+    TAIL_STATE,
     _memory_gb,
     _pretrain_config,
     record_sender,
@@ -60,17 +65,36 @@ def parallel_train_loop_per_worker(config: dict[str, Any]) -> None:
     counts: list[Any] = [None] * layout.world
     dist.all_gather_object(counts, n_local)
 
+    # ---- resume: the same layout's latest checkpoint (a restarted worker group or a longer re-run)
+    state: dict[str, Any] = {"step": 0, "tokens": 0, "train_s": 0.0}
+    checkpoint, carried = ray.train.get_checkpoint(), None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt:
+            verify_checksums(ckpt, rank, layout.world)  # a damaged checkpoint is refused, never half-loaded
+            client = trainer.load_state(ckpt)
+        state.update(client)
+        carried = client.get(TAIL_STATE)
+        state.pop(TAIL_STATE, None)
+    start_step = state["step"]
+    if rank == 0 and checkpoint is not None:
+        print(f"[raylm] resumed from checkpoint at step {start_step}", flush=True)
+
     gas, mbs = cfg.grad_accum_steps, cfg.micro_batch_size
     shard = ray.train.get_dataset_shard("train")
-    rng = np.random.default_rng([config["seed"], d])  # the same for every rank of a replica
+    rng = np.random.default_rng([config["seed"], d, start_step])  # the same for every rank of a replica
 
-    def micro_batches():
+    def micro_batches(skip: int):
+        """This replica's micro-batches of the ordered stream, from micro-batch `skip` on (a resume
+        continues where the checkpointed steps stopped)."""
         while True:
             got = 0
             for table in shard.iter_batches(
                 batch_size=mbs * layout.dp, batch_format="pyarrow", drop_last=True
             ):
                 got += 1
+                if skip:
+                    skip -= 1
+                    continue
                 yield rows_to_numpy(table.slice(d * mbs, mbs))
             if got == 0:
                 raise RuntimeError("the training stream yielded no batch of micro_batch_size x dp rows")
@@ -78,40 +102,62 @@ def parallel_train_loop_per_worker(config: dict[str, Any]) -> None:
     tags = {"run": str(config.get("run", "")), "phase": str(config.get("phase", "pretrain"))}
     send = record_sender(rank, config.get("sink"), tags)  # the same records and metrics as the plain loop
 
-    stream = micro_batches()
-    tokens_seen, t_start, last = 0, time.perf_counter(), {}
-    for step in range(1, cfg.max_steps + 1):
+    def save(report: dict[str, Any], final: bool) -> None:
+        with tempfile.TemporaryDirectory(prefix="raylm-ckpt-") as tmp:
+            trainer.save_state(tmp, {**state, TAIL_STATE: send.tail})  # a collective
+            if final:
+                trainer.export_hf(Path(tmp) / HF_EXPORT)  # collective; rank 0 writes
+            write_checksums(tmp, rank, layout.world, step=state["step"])
+            dist.barrier()
+            ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        send.saved()
+
+    send.replay(carried)
+    if checkpoint is not None:  # marked in the log, as the plain loop does
+        send({"kind": "resume", "step": start_step, "at": time.time()})
+
+    stream = micro_batches(start_step * gas)
+    t_start, last = time.perf_counter(), {}
+    stop_reason = "max_steps" if start_step < cfg.max_steps else "already at max_steps"
+    for step in range(start_step + 1, cfg.max_steps + 1):
         t0 = time.perf_counter()
         micro = [prepare_batch(spec, next(stream), rng) for _ in range(gas)]
         loss = trainer.step(micro)
-        tok = torch.tensor([sum(b["tokens"] for b in micro)], dtype=torch.float64)
-        dist.all_reduce(tok)
-        tokens = int(tok.item()) // (layout.pp * layout.tp)  # each replica's tokens counted once
-        tokens_seen += tokens
-        step_time = time.perf_counter() - t0
+        now = time.perf_counter()
+        sync = torch.tensor([sum(b["tokens"] for b in micro), now - t_start], dtype=torch.float64)
+        dist.all_reduce(sync)
+        tokens = int(sync[0].item()) // (layout.pp * layout.tp)  # each replica's tokens counted once
+        attempt_s = float(sync[1]) / layout.world  # the same on every rank: stop decisions agree
+        step_time = now - t0
+        state.update(step=step, tokens=state["tokens"] + tokens, train_s=state["train_s"] + step_time)
         last = {
             "step": step,
             "epoch": 0,
             "loss": loss,
             "lr": trainer.scheduler.get_last_lr()[0],
             "tokens": tokens,
-            "tokens_seen": tokens_seen,
+            "tokens_seen": state["tokens"],
             "step_time_s": step_time,
             "tokens_per_s": tokens / step_time,
             "memory_gb": _memory_gb(on_gpu)[0],
-            "elapsed_s": time.perf_counter() - t_start,
+            "elapsed_s": state["train_s"],
         }
-        if step % cfg.log_every == 0 or step == cfg.max_steps:
+        out_of_time = bool(cfg.time_budget_s) and attempt_s >= cfg.time_budget_s
+        done = step == cfg.max_steps or out_of_time
+        if step % cfg.log_every == 0 or done:
             send({"kind": "train", **last})
-        if cfg.time_budget_s and last["elapsed_s"] >= cfg.time_budget_s:
+        if out_of_time:
+            stop_reason = "time_budget_s"
             break
+        if step % cfg.checkpoint_interval == 0 and not done:
+            save({"step": step, "loss": loss}, final=False)
 
     peaks: list[Any] = [None] * layout.world
     dist.all_gather_object(peaks, _memory_gb(on_gpu)[1])
     final = {
-        **last,
-        "stop_reason": "max_steps" if last.get("step") == cfg.max_steps else "time_budget_s",
-        "start_step": 0,
+        **(last or {"step": start_step}),
+        "stop_reason": stop_reason,
+        "start_step": start_step,
         "world_size": layout.world,
         "layout": layout.key,
         "precision": precision,
@@ -120,8 +166,4 @@ def parallel_train_loop_per_worker(config: dict[str, Any]) -> None:
         "deepspeed_config": trainer.ds_config,
     }
     send({"kind": "final", **final})
-    with tempfile.TemporaryDirectory(prefix="raylm-ckpt-") as tmp:
-        trainer.export_hf(Path(tmp) / HF_EXPORT)  # collective; rank 0 writes
-        dist.barrier()
-        checkpoint = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
-        ray.train.report(final, checkpoint=checkpoint)
+    save(final, final=True)  # the state too: a longer re-run continues from it

@@ -16,12 +16,17 @@ the tests compare every layout against.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from pipelines.parallel.layout import Groups, Layout, build_groups
+from pipelines.train.loop import CLIENT_STATE, STATE_TAG
+
+LAYOUT_FILE = "raylm-layout.json"  # the layout a checkpoint was saved under
+TP_STATE = "raylm-tp-state-rank"  # + rank + .pt: one tensor-parallel rank's weights, optimizer, schedule
 
 
 def _hf_model(model_cfg, vocab, seed: int):
@@ -157,6 +162,77 @@ class ParallelTrainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return float(total) / (self.layout.dp * gas)
+
+    # ---- checkpoints: resume mid-run under the same layout
+
+    def save_state(self, folder: str | Path, client: dict[str, Any]) -> None:
+        """This rank's share of the training state (weights, optimizer, LR schedule) and `client` into
+        `folder`. A collective: every rank calls it, each with its own folder under Ray Train (which merges
+        them into one checkpoint) or all with the same one."""
+        folder = Path(folder)
+        if self.groups.rank == 0:
+            (folder / LAYOUT_FILE).write_text(json.dumps({"layout": self.layout.key}))
+        if self.engine is not None:  # DeepSpeed's engine, plain or pipeline: its own per-stage files
+            self.engine.save_checkpoint(str(folder), tag=STATE_TAG, client_state={CLIENT_STATE: client})
+            return
+        torch.save(self._tensor_state(client), folder / f"{TP_STATE}{self.groups.rank}.pt")
+
+    def load_state(self, folder: str | Path) -> dict[str, Any]:
+        """Restore what `save_state` wrote (under the same layout); returns its `client`."""
+        folder = Path(folder)
+        try:
+            saved = json.loads((folder / LAYOUT_FILE).read_text())["layout"]
+        except (OSError, ValueError, KeyError):
+            raise RuntimeError(f"checkpoint {folder} has no readable {LAYOUT_FILE}: not written by raylm's "
+                               "pipeline/tensor-parallel path") from None
+        if saved != self.layout.key:
+            raise RuntimeError(f"checkpoint {folder} was saved under layout {saved}, this run is "
+                               f"{self.layout.key}: a resume needs the same pretrain.parallel (set it back, "
+                               "or delete the run's checkpoints to start over)")
+        if self.engine is not None:
+            _, client = self.engine.load_checkpoint(str(folder), tag=STATE_TAG)
+            return (client or {}).get(CLIENT_STATE, {})
+        state = torch.load(folder / f"{TP_STATE}{self.groups.rank}.pt", weights_only=True)
+        self._load_tensor_state(state)
+        return state["client"]
+
+    def _tensor_state(self, client: dict[str, Any]) -> dict[str, Any]:
+        # DTensor shards saved as this rank's local tensors: a resume under the same layout puts each back
+        # into the same shard. (torch.distributed.checkpoint would also reshard across layouts; a plain
+        # per-rank file keeps the merge of the workers' folders by Ray Train trivial.)
+        from pipelines.parallel.tensor import local
+
+        optim = self.optimizer.state_dict()
+        optim["state"] = {
+            i: {k: local(v).clone() if torch.is_tensor(v) else v for k, v in st.items()}
+            for i, st in optim["state"].items()
+        }
+        return {
+            "model": {k: local(v).detach().clone() for k, v in self.module.state_dict().items()},
+            "optimizer": optim,
+            "scheduler": self.scheduler.state_dict(),
+            "client": client,
+        }
+
+    def _load_tensor_state(self, state: dict[str, Any]) -> None:
+        from torch.distributed.tensor import DTensor
+
+        from pipelines.parallel.tensor import is_sharded, local
+
+        with torch.no_grad():
+            for k, v in self.module.state_dict().items():
+                local(v).copy_(state["model"][k])
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        optim = state["optimizer"]
+        for i, st in optim["state"].items():
+            p = params[int(i)]
+            if not is_sharded(p):
+                continue
+            for k, v in st.items():  # moments of a sharded weight go back to DTensors on its mesh
+                if torch.is_tensor(v) and v.shape == local(p).shape:
+                    st[k] = DTensor.from_local(v, p.device_mesh, p.placements, run_check=False)
+        self.optimizer.load_state_dict(optim)
+        self.scheduler.load_state_dict(state["scheduler"])
 
     # ---- export
 

@@ -28,6 +28,7 @@ from pipelines.train.loop import (
     CLIENT_STATE,
     HF_EXPORT,
     STATE_TAG,
+    TAIL_STATE,
     _memory_gb,
     export_hf,
     record_sender,
@@ -131,13 +132,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     state: dict[str, Any] = {"step": 0, "tokens": 0, "micro_batches": 0, "train_s": 0.0, "before": None}
     from pipelines.train.checkpoint_integrity import verify_checksums, write_checksums
 
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint, carried = ray.train.get_checkpoint(), None
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             verify_checksums(d, rank, world)  # a damaged checkpoint is refused, never half-loaded
             # a peft checkpoint holds the trainable weights only: the frozen base comes from `base`
             _, client = engine.load_checkpoint(d, tag=STATE_TAG, load_module_strict=not peft)
         state.update((client or {}).get(CLIENT_STATE, {}))
+        carried = (client or {}).get(TAIL_STATE)
     start_step = state["step"]
     if rank == 0 and checkpoint is not None:
         print(f"[raylm] finetune resumed from checkpoint at step {start_step}", flush=True)
@@ -246,7 +248,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     def save(report: dict[str, Any], final: bool) -> None:
         with tempfile.TemporaryDirectory(prefix="raylm-ft-ckpt-") as d:
             engine.save_checkpoint(
-                d, tag=STATE_TAG, client_state={CLIENT_STATE: dict(state)}, exclude_frozen_parameters=peft
+                d,
+                tag=STATE_TAG,
+                client_state={CLIENT_STATE: dict(state), TAIL_STATE: send.tail},
+                exclude_frozen_parameters=peft,
             )
             if final:
                 out = Path(d) / HF_EXPORT
@@ -257,6 +262,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     export_hf(engine, None, out, rank, cfg.zero_stage)
             write_checksums(d, rank, world, step=state["step"])
             ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(d))
+        send.saved()
+
+    send.replay(carried)
 
     # ---- before any step: the base model's held-out metrics (kept in the checkpoints' state)
     if state["before"] is None:

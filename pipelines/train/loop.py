@@ -88,23 +88,53 @@ TRAIN_GAUGES = {
 }
 
 
-def record_sender(rank: int, sink, tags: dict[str, str]):
+class RecordSender:
     """The `send(record)` of every raylm training loop: rank 0 puts each record into the driver's sink
     (progress bar, metrics.jsonl) and sets the Ray metrics of train records beside Ray's own (dashboard,
-    Prometheus); other ranks send nothing."""
-    from pipelines import metrics
+    Prometheus); other ranks send nothing.
 
-    def send(record: dict[str, Any]) -> None:
-        if rank != 0:
+    Rank 0 also keeps the records sent since the last checkpoint (`tail`), which the loop saves in the
+    checkpoint's client state. The driver drains the sink once a second, so a driver killed just after a
+    checkpoint would lose the last steps before it from the loss curve (the resume starts after them and
+    never redoes them); a resumed loop `replay`s them from the checkpoint instead."""
+
+    def __init__(self, rank: int, sink, tags: dict[str, str]):
+        self.rank, self.sink, self.tags = rank, sink, tags
+        self.tail: list[dict[str, Any]] = []
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        from pipelines import metrics
+
+        if self.rank != 0:
             return
-        if sink is not None:
-            sink.put.remote(record)
+        if self.sink is not None:
+            self.sink.put.remote(record)
+        if record.get("kind") == "final":
+            return
+        self.tail.append(record)
         if record.get("kind") == "train":
             for key, gauge in TRAIN_GAUGES.items():
                 if record.get(key) is not None:
-                    metrics.set_gauge(gauge, record[key], **tags)
+                    metrics.set_gauge(gauge, record[key], **self.tags)
 
-    return send
+    def saved(self) -> None:
+        """The records so far are in a registered checkpoint: the next one carries only newer ones."""
+        self.tail = []
+
+    def replay(self, records: list[dict[str, Any]] | None) -> None:
+        """Send again the records a checkpoint carried (the driver's log de-duplicates them by step)."""
+        if self.rank != 0 or self.sink is None:
+            return
+        for record in records or []:
+            self.sink.put.remote(record)
+
+
+# the key of the records since the previous checkpoint in a checkpoint's client state
+TAIL_STATE = "raylm_records"
+
+
+def record_sender(rank: int, sink, tags: dict[str, str]) -> RecordSender:
+    return RecordSender(rank, sink, tags)
 
 
 def start_worker(config: dict[str, Any], cpus_per_worker: float) -> Worker:
@@ -178,12 +208,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # ---- resume
     state = {"step": 0, "tokens": 0, "micro_batches": 0, "train_s": 0.0}
     tags = {"run": str(config.get("run", "")), "phase": str(config.get("phase", "pretrain"))}
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint, carried = ray.train.get_checkpoint(), None
     if checkpoint is not None:
         with checkpoint.as_directory() as d, _rank0_timer(rank, "load", tags):
             verify_checksums(d, rank, world)  # a damaged checkpoint is refused, never half-loaded
             _, client = engine.load_checkpoint(d, tag=STATE_TAG)
         state.update((client or {}).get(CLIENT_STATE, {}))
+        carried = (client or {}).get(TAIL_STATE)
     start_step = state["step"]
     if rank == 0 and checkpoint is not None:
         print(f"[raylm] resumed from checkpoint at step {start_step}", flush=True)
@@ -249,12 +280,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     def save(report: dict[str, Any], final: bool) -> None:
         with tempfile.TemporaryDirectory(prefix="raylm-ckpt-") as d:
             with _rank0_timer(rank, "save", tags):
-                engine.save_checkpoint(d, tag=STATE_TAG, client_state={CLIENT_STATE: dict(state)})
+                client = {CLIENT_STATE: dict(state), TAIL_STATE: send.tail}
+                engine.save_checkpoint(d, tag=STATE_TAG, client_state=client)
             if final:
                 export_hf(engine, model_cfg, Path(d) / HF_EXPORT, rank, cfg.zero_stage)
             write_checksums(d, rank, world, step=state["step"])
             ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(d))
+        send.saved()
 
+    send.replay(carried)
     if checkpoint is not None:  # a restart or re-run: marked in the log, so the loss curve shows where
         send({"kind": "resume", "step": start_step, "at": time.time()})
 

@@ -19,6 +19,7 @@ from cluster.runtime import ray_session
 from pipelines.data.local import run_local, sorted_frame
 from pipelines.data.quarantine import read_quarantine
 from pipelines.data.stage import preflight
+from tests.s3_server import local_s3
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -57,25 +58,9 @@ def sentence(i: int) -> str:
 
 @pytest.fixture(scope="module")
 def s3_endpoint():
-    """A moto S3 server on 127.0.0.1. Its address goes into the environment before Ray starts, so the
-    Ray workers (which inherit the driver's environment) reach it too; pyarrow's S3 filesystem reads
-    AWS_ENDPOINT_URL_S3."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {
-        "AWS_ENDPOINT_URL_S3": f"http://{host}:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        yield env["AWS_ENDPOINT_URL_S3"]
-    server.stop()
+    """A moto S3 server on 127.0.0.1, started before Ray so its workers reach it (tests/s3_server.py)."""
+    with local_s3() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(scope="module")

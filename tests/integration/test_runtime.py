@@ -22,9 +22,16 @@ def test_embedded_ray_starts_with_side_files_inside_raylm_and_stops():
 
         @ray.remote
         def env_of_worker():
-            return os.environ["TMPDIR"], os.environ["VLLM_CACHE_ROOT"], os.environ["NLTK_DATA"]
+            import logging
 
-        tmpdir, vllm_cache, nltk_data = ray.get(env_of_worker.remote())
+            from cluster.worker_setup import _CLEANER_LOGGER
+
+            level = logging.getLogger(_CLEANER_LOGGER).level  # set by the session's worker set-up hook
+            return os.environ["TMPDIR"], os.environ["VLLM_CACHE_ROOT"], os.environ["NLTK_DATA"], level
+
+        tmpdir, vllm_cache, nltk_data, level = ray.get(env_of_worker.remote())
+        # no dashboard, no State API: Ray Train's once-a-second "Failed to query" warning is quieted
+        assert level == 40
         assert tmpdir == str(side.scratch) and vllm_cache.startswith(str(side.cache))
         assert nltk_data.endswith("nltk_data")
         # token auth stays on, with a per-process token that is not written to ~/.ray

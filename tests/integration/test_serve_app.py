@@ -23,6 +23,7 @@ import requests
 from cluster.runtime import isolate_side_files, ray_session
 from pipelines.assets import asset_paths
 from tests.reliability.api_fuzz import BODY_TIMEOUT_S, check_hostile_requests
+from tests.s3_server import local_s3
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -60,16 +61,7 @@ def served(tmp_path_factory):
     adapter = tmp_path_factory.mktemp("lora") / "tutor"
     _make_adapter(base, adapter)
 
-    from moto.server import ThreadedMotoServer
-
-    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    s3.start()
-    host, port = s3.get_host_and_port()
-    env = {"AWS_ENDPOINT_URL_S3": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():  # set before Ray starts: its workers inherit them
-            mp.setenv(k, v)
+    with local_s3():  # set before Ray starts: its workers inherit the endpoint
         import boto3
 
         client = boto3.client("s3")
@@ -105,7 +97,6 @@ def served(tmp_path_factory):
             finally:
                 stop_app(cfg)
                 serve.shutdown()
-    s3.stop()
 
 
 @pytest.fixture(scope="module")

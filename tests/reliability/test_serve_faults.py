@@ -45,6 +45,22 @@ def _replica_pids() -> list[int]:
     return found
 
 
+def _pinned_cores(pid: int) -> set[int]:
+    """Cores that threads of `pid` and its children are pinned to one by one (vLLM's OpenMP threads; the
+    other threads may run anywhere)."""
+    found: set[int] = set()
+    proc = psutil.Process(pid)
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            for t in p.threads():
+                cores = os.sched_getaffinity(t.id)
+                if len(cores) == 1:
+                    found |= cores
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
 def _running_replicas(app: str) -> int:
     from ray import serve
 
@@ -120,6 +136,9 @@ def test_killing_a_replica_under_load_fails_only_its_requests_and_it_comes_back(
         try:
             pids = _replica_pids()
             assert len(pids) == 2, pids
+            # each replica's engine threads on its own core (serving.cpu_binding), not both on one
+            pinned = [_pinned_cores(p) for p in pids]
+            assert all(pinned) and not pinned[0] & pinned[1], pinned
             victim = pids[0]
             children += [p.pid for p in psutil.Process(victim).children(recursive=True)]
 

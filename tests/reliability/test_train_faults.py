@@ -28,7 +28,7 @@ from tests.unit.train.conftest import pydoc_texts
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-MAX_STEPS, INTERVAL = 120, 20
+MAX_STEPS, INTERVAL = 80, 20
 RAYLM = str(Path(sys.executable).parent / "raylm")
 
 

@@ -1,11 +1,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-from pipelines.run_folder import MANIFEST, RunFolder, config_hash, read_manifest
+from pipelines.run_folder import MANIFEST, RunFolder, config_hash, join, read_manifest, write_json_atomic
 
 
 def _body(calls, value=1):
@@ -59,30 +58,48 @@ def test_upstream_change_invalidates_downstream(tmp_path):
     assert again.manifest.inputs["data"]["stage"] == "data"
 
 
-def test_a_folder_inside_a_stage_carries_that_stages_fingerprint(tmp_path):
+@pytest.fixture(params=["local", "s3"])
+def run_root(request, tmp_path):
+    if request.param == "local":
+        yield str(tmp_path)
+        return
+    from tests.s3_server import local_s3
+
+    with local_s3():
+        import boto3
+
+        boto3.client("s3").create_bucket(Bucket="runs")
+        yield "s3://runs/r1"
+
+
+def test_a_folder_inside_a_stage_carries_that_stages_fingerprint(run_root):
     """`finetune/dpo/merged` has no manifest of its own: a stage reading it is redone when the stage that
-    wrote it is (the quickstart once kept serving a stale compress output because it was not)."""
-    run = RunFolder(str(tmp_path))
-    calls: list[str] = []
+    wrote it is (the quickstart once kept serving a stale compress output because it was not); in a local
+    run folder and in one on S3."""
+    run = RunFolder(run_root)
 
     def nested(value):
         def body(out):
-            Path(out, "dpo", "merged").mkdir(parents=True)
+            write_json_atomic(join(out, "dpo", "merged", "config.json"), {"v": value})
             return {"value": value}
 
         return body
 
+    def plain(out):
+        write_json_atomic(join(out, "result.json"), {})
+        return {}
+
     run.run_stage("finetune", {"k": 1}, {}, nested(1))
-    inputs = {"base": str(tmp_path / "finetune" / "dpo" / "merged")}
-    first = run.run_stage("compress", {"m": 1}, inputs, _body(calls))
+    inputs = {"base": join(run.root, "finetune", "dpo", "merged")}
+    first = run.run_stage("compress", {"m": 1}, inputs, plain)
     assert first.manifest.inputs["base"]["stage"] == "finetune"
-    owner = read_manifest(str(tmp_path / "finetune"))
+    owner = read_manifest(join(run.root, "finetune"))
     assert first.manifest.inputs["base"]["fingerprint"] == owner.fingerprint()
-    assert run.run_stage("compress", {"m": 1}, inputs, _body(calls)).skipped
+    assert run.run_stage("compress", {"m": 1}, inputs, plain).skipped
     run.run_stage("finetune", {"k": 2}, {}, nested(2))  # the writer redone with another config
-    assert not run.run_stage("compress", {"m": 1}, inputs, _body(calls)).skipped
-    (tmp_path / "mine").mkdir()  # outside any stage: no fingerprint
-    outside = run.run_stage("other", {}, {"d": str(tmp_path / "mine")}, _body(calls))
+    assert not run.run_stage("compress", {"m": 1}, inputs, plain).skipped
+    write_json_atomic(join(run.root, "mine", "data.json"), {})  # outside any stage: no fingerprint
+    outside = run.run_stage("other", {}, {"d": join(run.root, "mine")}, plain)
     assert outside.manifest.inputs["d"]["fingerprint"] is None
 
 

@@ -1,0 +1,89 @@
+"""Pinning vLLM CPU replicas to cores: how many each gets from the plan, and which ones each claims."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from serving import cpu_binding
+from tests.unit.serving.conftest import SMOLLM2, SMOLLM2_WEIGHT_BYTES, make_model_folder
+
+
+def test_cores_per_replica_shares_the_node_and_the_recipe_wins():
+    assert cpu_binding.cores_per_replica(None, 1, 2) == 2  # one replica alone: both cores
+    assert cpu_binding.cores_per_replica(None, 2, 2) == 1
+    assert cpu_binding.cores_per_replica(None, 3, 2) == 1  # more replicas than cores: one each, shared
+    assert cpu_binding.cores_per_replica(None, 3, 16) == 5
+    assert cpu_binding.cores_per_replica(4, 3, 2) == 4
+
+
+def test_replicas_claim_the_least_claimed_cores_and_dead_claims_are_dropped(tmp_path):
+    reg = tmp_path / "claims.json"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    cores = [0, 1, 2, 3]
+    try:
+        assert cpu_binding.claim_cores(2, pid=gone.pid, registry=reg, available=cores) == [0, 1]
+        # the first claimant has exited: its cores are free again
+        assert cpu_binding.claim_cores(2, pid=sleeper.pid, registry=reg, available=cores) == [0, 1]
+        assert cpu_binding.claim_cores(1, registry=reg, available=cores) == [2]  # this test's process
+        # every core is claimed once except 3: 3 first, then the lowest id
+        assert cpu_binding.claim_cores(2, pid=1, registry=reg, available=cores) == [0, 3]
+        # claiming again replaces this process's own claim (2 is then the least claimed)
+        assert cpu_binding.claim_cores(1, registry=reg, available=cores) == [2]
+        assert cpu_binding.claim_cores(9, pid=sleeper.pid, registry=reg, available=cores) == cores
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    reg.write_text("{not json")  # a damaged registry is started over, not a failed replica
+    assert cpu_binding.claim_cores(1, registry=reg, available=cores) == [0]
+
+
+def test_a_replica_binds_what_the_plan_asked_unless_the_environment_says_otherwise(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.delenv(cpu_binding.VLLM_BIND, raising=False)
+    monkeypatch.delenv(cpu_binding.ENV_CORES, raising=False)
+    assert cpu_binding.bind_this_replica() is None  # no plan: vLLM's own default
+    monkeypatch.setenv(cpu_binding.ENV_CORES, "1")
+    mask = cpu_binding.bind_this_replica()
+    assert mask is not None and int(mask) in os.sched_getaffinity(0)
+    assert os.environ[cpu_binding.VLLM_BIND] == mask  # what the engine process inherits
+    assert (tmp_path / cpu_binding.REGISTRY).is_file()
+    monkeypatch.setenv(cpu_binding.VLLM_BIND, "0-1")  # set by hand: kept
+    assert cpu_binding.bind_this_replica() is None and os.environ[cpu_binding.VLLM_BIND] == "0-1"
+
+
+@pytest.mark.parametrize(
+    ("models", "node", "expected"),
+    [
+        ([{"replicas": 1}], 8, {"a": 8}),
+        ([{"replicas": 2}], 2, {"a": 1}),
+        ([{}, {}, {"device": "gpu"}], 8, {"a": 4, "b": 4}),  # GPU replicas take no cores
+        ([{"autoscaling": {"min_replicas": 1, "max_replicas": 4}}, {"omp_cores": 3}], 8, {"a": 1, "b": 3}),
+    ],
+)
+def test_the_plan_shares_the_node_among_the_recipes_cpu_replicas(tmp_path, monkeypatch, models, node,
+                                                                 expected):
+    from serving.app import llm_config_dict, plan_app
+    from serving.config import ServeConfig
+
+    monkeypatch.delenv(cpu_binding.VLLM_BIND, raising=False)
+    monkeypatch.setattr(cpu_binding, "node_cpus", lambda: node)
+    folder = make_model_folder(tmp_path / "m", SMOLLM2, SMOLLM2_WEIGHT_BYTES)
+    targets = {"node_memory_gb": 16, "context_length": 512}
+    cfg = ServeConfig(models=[{"name": "abc"[i], "path": str(folder), "device": "cpu", "targets": targets,
+                               **m} for i, m in enumerate(models)])
+    plan = plan_app(cfg, check_arch=False)
+    assert plan.cpu_cores == expected
+    for name, cores in expected.items():
+        model = next(m for m in plan.config.models if m.name == name)
+        env = llm_config_dict(model, plan.plans[name], "cpu", cores)["runtime_env"]["env_vars"]
+        assert env[cpu_binding.ENV_CORES] == str(cores)
+        assert any("pinned to" in n for n in plan.notes[name])
+    monkeypatch.setenv(cpu_binding.VLLM_BIND, "0")
+    assert plan_app(cfg, check_arch=False).cpu_cores == {}
