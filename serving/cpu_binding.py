@@ -23,8 +23,10 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-# set by the plan in a CPU replica's runtime environment: how many cores its engine's threads get
+# set by the plan in a CPU replica's runtime environment: how many cores its engine's threads get, and
+# into how many engine processes (tensor x pipeline parallel ranks) they are split
 ENV_CORES = "RAYLM_VLLM_CPU_CORES"
+ENV_RANKS = "RAYLM_VLLM_CPU_RANKS"
 VLLM_BIND = "VLLM_CPU_OMP_THREADS_BIND"
 REGISTRY = "raylm-vllm-cpu-cores.json"
 
@@ -36,8 +38,11 @@ def node_cpus() -> int:
         import ray
 
         if ray.is_initialized():
-            counts = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
-            counts = [int(c) for c in counts if c >= 1]
+            nodes = [n for n in ray.nodes() if n.get("Alive")]
+            counts = [int(c) for c in (n["Resources"].get("CPU", 0) for n in nodes) if c >= 1]
+            if len(counts) == 1 and nodes[0].get("NodeManagerAddress") == ray.util.get_node_ip_address():
+                # this machine alone: Ray's CPU count is what it was told (num_cpus), the cores are real
+                return min(counts[0], len(os.sched_getaffinity(0)))
             if counts:
                 return min(counts)
     except ImportError:
@@ -45,12 +50,28 @@ def node_cpus() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def cores_per_replica(requested: int | None, cpu_replicas: int, cpus: int) -> int:
+def cores_per_replica(requested: int | None, cpu_replicas: int, cpus: int, ranks: int = 1) -> int:
     """`requested` (the recipe's `omp_cores`) when set; else the node's CPUs shared evenly among the
-    recipe's CPU replicas (they may all land on one node), at least one."""
+    recipe's CPU replicas (they may all land on one node); at least one per engine rank."""
     if requested is not None:
-        return requested
-    return max(1, cpus // max(1, cpu_replicas))
+        return max(requested, ranks)
+    return max(ranks, cpus // max(1, cpu_replicas))
+
+
+def rank_mask(cores: list[int], ranks: int) -> str:
+    """vLLM's `VLLM_CPU_OMP_THREADS_BIND` for `ranks` engine processes (tensor x pipeline parallel): the
+    cores split into that many contiguous groups, `|`-separated (`0,1|2,3`); with fewer cores than ranks
+    the ranks share them round-robin."""
+    if len(cores) < ranks:
+        groups = [[cores[r % len(cores)]] for r in range(ranks)]
+    else:
+        size, extra = divmod(len(cores), ranks)
+        groups, start = [], 0
+        for r in range(ranks):
+            end = start + size + (1 if r < extra else 0)
+            groups.append(cores[start:end])
+            start = end
+    return "|".join(",".join(str(c) for c in g) for g in groups)
 
 
 def _alive(pid: int) -> bool:
@@ -101,6 +122,6 @@ def bind_this_replica() -> str | None:
     want = os.environ.get(ENV_CORES)
     if not want or os.environ.get(VLLM_BIND):
         return None
-    mask = ",".join(str(c) for c in claim_cores(int(want)))
+    mask = rank_mask(claim_cores(int(want)), int(os.environ.get(ENV_RANKS) or 1))
     os.environ[VLLM_BIND] = mask
     return mask

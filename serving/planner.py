@@ -74,6 +74,8 @@ class ModelSpec:
     """Bytes of the weight files (safetensors/bin) as stored."""
     sliding_window: int | None = None
     mla: bool = False
+    num_heads: int = 0
+    """Query heads (tensor parallelism splits them)."""
 
     @classmethod
     def from_config(cls, config: dict[str, Any], weight_bytes: int, name: str = "") -> ModelSpec:
@@ -110,6 +112,7 @@ class ModelSpec:
             weight_bytes=int(weight_bytes),
             sliding_window=cfg.get("sliding_window") or None,
             mla=bool(cfg.get("kv_lora_rank")),
+            num_heads=heads,
         )
 
     @classmethod

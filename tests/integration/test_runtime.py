@@ -40,9 +40,13 @@ def test_embedded_ray_starts_with_side_files_inside_raylm_and_stops():
 
 
 def test_session_is_reused_when_ray_is_already_up():
+    from serving.cpu_binding import node_cpus
+
     with ray_session(num_cpus=1):
         with ray_session(num_cpus=2) as inner:  # no second Ray; the outer one stays up
             assert inner["CPU"] == 1
+        # the CPUs serving replicas share: Ray's count for this node, never more than its real cores
+        assert node_cpus() == 1
         assert ray.is_initialized()
     assert not ray.is_initialized()
 

@@ -12,6 +12,8 @@ import pytest
 from serving import cpu_binding
 from tests.unit.serving.conftest import SMOLLM2, SMOLLM2_WEIGHT_BYTES, make_model_folder
 
+EIGHT_HEADS = {**SMOLLM2, "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 72}
+
 
 def test_cores_per_replica_shares_the_node_and_the_recipe_wins():
     assert cpu_binding.cores_per_replica(None, 1, 2) == 2  # one replica alone: both cores
@@ -19,6 +21,15 @@ def test_cores_per_replica_shares_the_node_and_the_recipe_wins():
     assert cpu_binding.cores_per_replica(None, 3, 2) == 1  # more replicas than cores: one each, shared
     assert cpu_binding.cores_per_replica(None, 3, 16) == 5
     assert cpu_binding.cores_per_replica(4, 3, 2) == 4
+    assert cpu_binding.cores_per_replica(None, 2, 2, ranks=2) == 2  # one core per tensor-parallel rank
+    assert cpu_binding.cores_per_replica(1, 1, 8, ranks=2) == 2
+
+
+def test_tensor_parallel_ranks_get_their_own_core_groups():
+    assert cpu_binding.rank_mask([0, 1], 1) == "0,1"
+    assert cpu_binding.rank_mask([0, 1], 2) == "0|1"
+    assert cpu_binding.rank_mask([0, 1, 2, 3, 4], 2) == "0,1,2|3,4"
+    assert cpu_binding.rank_mask([3], 2) == "3|3"  # fewer cores than ranks: shared
 
 
 def test_replicas_claim_the_least_claimed_cores_and_dead_claims_are_dropped(tmp_path):
@@ -65,6 +76,7 @@ def test_a_replica_binds_what_the_plan_asked_unless_the_environment_says_otherwi
         ([{"replicas": 2}], 2, {"a": 1}),
         ([{}, {}, {"device": "gpu"}], 8, {"a": 4, "b": 4}),  # GPU replicas take no cores
         ([{"autoscaling": {"min_replicas": 1, "max_replicas": 4}}, {"omp_cores": 3}], 8, {"a": 1, "b": 3}),
+        ([{"engine_args": {"tensor_parallel_size": 2}}, {}], 2, {"a": 2, "b": 1}),  # a core per TP rank
     ],
 )
 def test_the_plan_shares_the_node_among_the_recipes_cpu_replicas(tmp_path, monkeypatch, models, node,
@@ -74,7 +86,7 @@ def test_the_plan_shares_the_node_among_the_recipes_cpu_replicas(tmp_path, monke
 
     monkeypatch.delenv(cpu_binding.VLLM_BIND, raising=False)
     monkeypatch.setattr(cpu_binding, "node_cpus", lambda: node)
-    folder = make_model_folder(tmp_path / "m", SMOLLM2, SMOLLM2_WEIGHT_BYTES)
+    folder = make_model_folder(tmp_path / "m", EIGHT_HEADS, SMOLLM2_WEIGHT_BYTES)
     targets = {"node_memory_gb": 16, "context_length": 512}
     cfg = ServeConfig(models=[{"name": "abc"[i], "path": str(folder), "device": "cpu", "targets": targets,
                                **m} for i, m in enumerate(models)])
@@ -84,6 +96,36 @@ def test_the_plan_shares_the_node_among_the_recipes_cpu_replicas(tmp_path, monke
         model = next(m for m in plan.config.models if m.name == name)
         env = llm_config_dict(model, plan.plans[name], "cpu", cores)["runtime_env"]["env_vars"]
         assert env[cpu_binding.ENV_CORES] == str(cores)
+        assert env[cpu_binding.ENV_RANKS] == str(model.engine_args.get("tensor_parallel_size", 1))
         assert any("pinned to" in n for n in plan.notes[name])
     monkeypatch.setenv(cpu_binding.VLLM_BIND, "0")
     assert plan_app(cfg, check_arch=False).cpu_cores == {}
+
+
+@pytest.mark.parametrize(
+    ("config", "engine_args", "device", "refused"),
+    [
+        (EIGHT_HEADS, {"tensor_parallel_size": 2}, "cpu", None),
+        (EIGHT_HEADS, {"tensor_parallel_size": 4}, "cpu", None),  # 2 kv heads, each on 2 ranks
+        (SMOLLM2, {"tensor_parallel_size": 2}, "cpu", "does not divide its 9 attention heads / 3"),
+        (EIGHT_HEADS, {"tensor_parallel_size": 8}, "cpu", None),
+        (EIGHT_HEADS, {"pipeline_parallel_size": 2}, "cpu", "engine dies on the first request"),
+        (EIGHT_HEADS, {"pipeline_parallel_size": 2}, "gpu", None),
+        (EIGHT_HEADS, {"pipeline_parallel_size": 64}, "gpu", "pipeline_parallel_size 64 > its 30 layers"),
+    ],
+)
+def test_parallel_layouts_vllm_cannot_run_are_refused_at_plan_time(tmp_path, config, engine_args, device,
+                                                                    refused):
+    from serving.app import plan_app
+    from serving.config import ServeConfig
+    from serving.planner import PlanError
+
+    folder = make_model_folder(tmp_path / "m", config, SMOLLM2_WEIGHT_BYTES)
+    targets = {"node_memory_gb": 80, "context_length": 512}
+    cfg = ServeConfig(models=[{"name": "m", "path": str(folder), "device": device, "targets": targets,
+                               "engine_args": engine_args}])
+    if refused is None:
+        assert plan_app(cfg, check_arch=False).plans["m"]
+    else:
+        with pytest.raises(PlanError, match=refused):
+            plan_app(cfg, check_arch=False)
