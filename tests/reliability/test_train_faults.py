@@ -11,6 +11,7 @@ Figures go to benchmarks/results/reliability.json (section `train_faults`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -107,6 +108,23 @@ def _wait(what: str, cond, timeout: float, proc: subprocess.Popen, log: Path):
     pytest.fail(f"timed out after {timeout} s waiting for {what}:\n{log.read_text()[-3000:]}")
 
 
+def _still_running(procs: list[psutil.Process], timeout: float) -> list[tuple[int, str]]:
+    """(pid, name) of those of `procs` still running after up to `timeout` s (a zombie has exited: it is
+    merely not reaped yet by a parent that is gone)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = []
+        for p in procs:
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    left.append((p.pid, p.name()))
+            except psutil.Error:
+                continue
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.5)
+
+
 def _records(stage: Path) -> list[dict]:
     return [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines()]
 
@@ -152,20 +170,23 @@ def test_worker_kill_driver_kill_and_a_damaged_checkpoint(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
     last_ckpt = max(_checkpoints(run_dir).values())  # what the dead driver's run had registered
-    _, alive = psutil.wait_procs(tree, timeout=60)  # Ray's processes share the driver's fate
-    left = []
-    for p in alive:
+    # Ray's processes share the driver's fate. Ray's agents (runtime-env, dashboard) poll for their raylet
+    # and can outlive it (below): wait up to 60 s for the others, then 5 s more for the agents.
+    agents = ("Agent", "RuntimeEnv", "DashboardA")
+    named = []
+    for p in tree:
         try:
-            if p.status() != psutil.STATUS_ZOMBIE:  # exited, merely not reaped yet
-                left.append((p.pid, p.name()))
+            named.append((p, any(a in p.name() for a in agents)))
         except psutil.Error:
-            continue
-    # Ray's agents (runtime-env, dashboard) poll for their raylet and can outlive it; they hold no
-    # resources. What matters is that nothing that trains or schedules is left: no raylet, GCS or worker.
+            continue  # already gone
+    left = _still_running([p for p, agent in named if not agent], 60)
+    left += _still_running([p for p, agent in named if agent], 5)
+    # The agents hold no resources. What matters is that nothing that trains or schedules is left: no
+    # raylet, GCS or worker.
     figures["processes_left_after_driver_kill"] = [name for _, name in left]
     for pid, _ in left:  # ours (started by the driver we launched): stop them before the relaunch
-        psutil.Process(pid).kill()
-    agents = ("Agent", "RuntimeEnv", "DashboardA")
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(pid).kill()
     assert not [n for _, n in left if not any(a in n for a in agents)], left
     figures["driver_killed_after_checkpoint_step"] = last_ckpt
 
