@@ -68,6 +68,7 @@ def main() -> None:
         1: [Layout(1, 1, 1)],
         2: [Layout(2, 1, 1), Layout(1, 2, 1), Layout(1, 1, 2)],
         4: [Layout(4, 1, 1), Layout(2, 2, 1), Layout(2, 1, 2), Layout(1, 2, 2)],
+        8: [Layout(2, 2, 2)],
     }
     layouts, weak, refused = {}, {}, {}
     t0 = time.time()
@@ -77,7 +78,7 @@ def main() -> None:
             for layout in candidates:
                 problems = check_layout(
                     layout,
-                    0 if layout.tp > 1 else 1,
+                    0 if layout.tp > 1 and layout.pp == 1 else 1,  # as the harness runs it
                     model={"num_layers": 4, "num_heads": 4, "num_kv_heads": 4, "intermediate_size": 704},
                 )
                 if problems:

@@ -109,7 +109,7 @@ def configs(spec: RunSpec, layout: Layout, override: dict[str, Any] | None = Non
         "num_workers": layout.world,
         "parallel": {"dp": layout.dp, "pp": layout.pp, "tp": layout.tp},
     }
-    if layout.tp > 1:
+    if layout.tp > 1 and layout.pp == 1:
         pretrain["zero_stage"] = 0  # DTensor shards and ZeRO do not mix (layout.check_layout)
     return ModelConfig.model_validate(spec.model), PretrainConfig.model_validate(pretrain)
 
@@ -225,8 +225,9 @@ def run_layouts(spec: RunSpec) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def reference_losses(spec: RunSpec, dp: int) -> list[float]:
-    """One process, plain torch, over the same global batches as a layout with `dp` replicas."""
+def reference_losses(spec: RunSpec, dp: int, trained: list | None = None) -> list[float]:
+    """One process, plain torch, over the same global batches as a layout with `dp` replicas (`trained`:
+    see `single_process_losses`)."""
     import torch
 
     from pipelines.parallel.trainer import single_process_losses
@@ -235,4 +236,4 @@ def reference_losses(spec: RunSpec, dp: int) -> list[float]:
     model_cfg, cfg = configs(spec, Layout(dp=dp))
     vocab, ospec = vocab_spec(spec.vocab_size)
     batches = fixed_batches(spec, cfg.micro_batch_size, dp * cfg.grad_accum_steps)
-    return single_process_losses(model_cfg, vocab, ospec, cfg, spec.seed, batches)
+    return single_process_losses(model_cfg, vocab, ospec, cfg, spec.seed, batches, trained)

@@ -119,18 +119,12 @@ def check_layout(
             "supports ZeRO-0 and ZeRO-1 only. Use zero_stage 1 (optimizer state still sharded), or pp 1 "
             "with ZeRO-3 if the model does not fit otherwise"
         )
-    if layout.tp > 1 and zero_stage >= 1:
+    if layout.tp > 1 and layout.pp == 1 and zero_stage >= 1:
         problems.append(
-            f"parallel.tp {layout.tp} with zero_stage {zero_stage}: tensor parallelism here is PyTorch "
-            "DTensor, whose sharded parameters DeepSpeed's ZeRO optimizer cannot flatten and partition; "
-            "gradients are averaged across data-parallel ranks with a plain all-reduce. Use zero_stage 0 "
-            "(the weights, gradients and optimizer state are already split tp ways)"
-        )
-    if layout.pp > 1 and layout.tp > 1:
-        problems.append(
-            f"parallel: pp {layout.pp} with tp {layout.tp} together is not supported yet: DeepSpeed's "
-            "pipeline engine all-reduces, clips and steps gradients as plain tensors and cannot hold "
-            "DTensor shards. Use pp x dp or tp x dp"
+            f"parallel.tp {layout.tp} with zero_stage {zero_stage}: tensor parallelism without a pipeline "
+            "is PyTorch DTensor, whose sharded parameters DeepSpeed's ZeRO optimizer cannot flatten and "
+            "partition; gradients are averaged across data-parallel ranks with a plain all-reduce. Use "
+            "zero_stage 0 (the weights, gradients and optimizer state are already split tp ways)"
         )
     if model is not None and layout.tp > 1:
         heads, kv = model.get("num_heads", 1), model.get("num_kv_heads") or model.get("num_heads", 1)

@@ -174,24 +174,33 @@ def stage_state(pipe) -> dict[str, torch.Tensor]:
 def export_pipeline_hf(pipe, config, out, groups) -> None:
     """Every stage's weights gathered on rank 0 and written as ONE Hugging Face folder that
     `AutoModelForCausalLM.from_pretrained` loads. Collective over the first data-parallel replica's
-    stages (the other replicas hold the same weights): every rank calls it."""
+    ranks (the other replicas hold the same weights): every rank calls it. With tensor parallelism in the
+    stages, each tensor rank's shards are joined back (`pipeline_tensor.merge_shards`)."""
     import torch.distributed as dist
     from transformers import LlamaForCausalLM
 
+    from pipelines.parallel.pipeline_tensor import merge_shards
+
     layout = groups.layout
-    mine = stage_state(pipe) if groups.dp_index == 0 and groups.tp_index == 0 else {}
+    mine = (groups.tp_index, stage_state(pipe) if groups.dp_index == 0 else {})
     gathered: list[Any] = [None] * layout.world if groups.rank == 0 else None
     dist.gather_object(mine, gathered, dst=0)
     if groups.rank != 0:
         return
-    state: dict[str, torch.Tensor] = {}
-    for part in gathered:
-        state.update(part)
+    pieces: dict[str, dict[int, torch.Tensor]] = {}
+    for tp_index, part in gathered:
+        for name, tensor in part.items():
+            pieces.setdefault(name, {})[tp_index] = tensor
     if config.tie_word_embeddings:
-        state.pop("lm_head.weight", None)
+        pieces.pop("lm_head.weight", None)
     cfg = config.__class__.from_dict(config.to_dict())
     cfg.use_cache = True
     model = LlamaForCausalLM(cfg)
+    full = model.state_dict()
+    state = {}
+    for name, by_rank in pieces.items():
+        parts = [by_rank[t] for t in sorted(by_rank)]
+        state[name] = merge_shards(parts, full[name].shape) if name in full else parts[0]
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not (k == "lm_head.weight" and cfg.tie_word_embeddings)]
     if missing or unexpected:

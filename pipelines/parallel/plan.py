@@ -41,27 +41,44 @@ def stage_bounds(params: list[int], pp: int, method: str) -> list[int]:
     raise ValueError(f"partition_method {method!r}: use parameters, uniform or type:REGEX")
 
 
-def describe(
-    model_cfg, layout: Layout, vocab_size: int, partition_method: str, max_ranks: int = 16
-) -> list[str]:
-    names, params, sharded = layer_parameters(model_cfg, vocab_size)
+def _tied(model_cfg) -> bool:
     tied = model_cfg.tie_word_embeddings
     if tied is None:
         from pipelines.models.presets import PRESETS
 
         tied = PRESETS[model_cfg.family][model_cfg.preset].get("tie_word_embeddings", False)
+    return bool(tied)
+
+
+def stage_parameters(
+    model_cfg, layout: Layout, vocab_size: int, partition_method: str
+) -> tuple[list[int], list[tuple[int, int]]]:
+    """(parameters one worker of each stage stores, each stage's layer index range [lo, hi)): the
+    blocks' projections divided tp ways, the embedding, norms and head whole, a tied embedding once per
+    stage that holds an end of it."""
+    _, params, sharded = layer_parameters(model_cfg, vocab_size)
     bounds = stage_bounds(params, layout.pp, partition_method) if layout.pp > 1 else [0, len(params)]
+    held, ranges = [], []
+    for s in range(layout.pp):
+        lo, hi = bounds[s], bounds[s + 1]
+        n = sum(params[lo:hi]) - sum(sharded[lo:hi]) + sum(sharded[lo:hi]) // layout.tp
+        if _tied(model_cfg) and lo == 0 and hi == len(params):
+            n -= params[-1]  # one stage holds the tied embedding and head: one tensor
+        held.append(n)
+        ranges.append((lo, hi))
+    return held, ranges
+
+
+def describe(
+    model_cfg, layout: Layout, vocab_size: int, partition_method: str, max_ranks: int = 16
+) -> list[str]:
+    names, _, _ = layer_parameters(model_cfg, vocab_size)
+    per_stage, ranges = stage_parameters(model_cfg, layout, vocab_size, partition_method)
     lines = [
         f"{layout.key}: {layout.world} workers = {layout.dp} data x {layout.pp} pipeline x {layout.tp} "
         "tensor; tensor ranks consecutive (same node first), stages spread; data sharded along dp only"
     ]
-    per_stage = []
-    for s in range(layout.pp):
-        lo, hi = bounds[s], bounds[s + 1]
-        held = sum(params[lo:hi]) - sum(sharded[lo:hi]) + sum(sharded[lo:hi]) // layout.tp
-        if tied and lo == 0 and hi == len(params):
-            held -= params[-1]  # one stage holds the tied embedding and head: one tensor
-        per_stage.append(held)
+    for s, ((lo, hi), held) in enumerate(zip(ranges, per_stage, strict=True)):
         lines.append(
             f"stage {s}: {names[lo]} .. {names[hi - 1]} ({hi - lo} layers), {held:,} parameters per worker"
         )

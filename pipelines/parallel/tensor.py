@@ -12,28 +12,35 @@ leaves replicated: the embedding, the norms and the head (a vocabulary-parallel 
 Gradients of replicated parameters come out equal on every tensor rank (DTensor all-reduces the input
 gradient of a column-wise layer), so one optimizer step per rank keeps them in sync.
 
-Why not DeepSpeed AutoTP: its training path (`tensor_parallel.autotp_size`) replaces the Linear layers by
-its own and needs DeepSpeed's engine to own the tensor group; DTensor composes with a plain data-parallel
-all-reduce on CPU/gloo and is the PyTorch-native way (see docs/parallel.md).
+This pass serves tensor parallelism without a pipeline (pp 1): DTensor composes with a plain
+data-parallel all-reduce on CPU/gloo and is the PyTorch-native way. Inside pipeline stages (pp > 1),
+DeepSpeed's engine handles the gradients and needs plain-tensor shards: `pipeline_tensor.py` applies the
+same split with DeepSpeed's AutoTP layers there (see docs/parallel.md).
 """
 
 from __future__ import annotations
 
 import torch
 
+# Megatron's split of a Llama block, shared by this DTensor pass and the pipeline stages' pass
+# (pipeline_tensor.py): "column" shards the output features, "row" the input features (partial sums
+# all-reduced).
+BLOCK_SPLIT = {
+    "self_attn.q_proj": "column",
+    "self_attn.k_proj": "column",
+    "self_attn.v_proj": "column",
+    "self_attn.o_proj": "row",
+    "mlp.gate_proj": "column",
+    "mlp.up_proj": "column",
+    "mlp.down_proj": "row",
+}
+
 
 def block_plan() -> dict:
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
 
-    return {
-        "self_attn.q_proj": ColwiseParallel(),
-        "self_attn.k_proj": ColwiseParallel(),
-        "self_attn.v_proj": ColwiseParallel(),
-        "self_attn.o_proj": RowwiseParallel(),
-        "mlp.gate_proj": ColwiseParallel(),
-        "mlp.up_proj": ColwiseParallel(),
-        "mlp.down_proj": RowwiseParallel(),
-    }
+    split = {"column": ColwiseParallel, "row": RowwiseParallel}
+    return {name: split[kind]() for name, kind in BLOCK_SPLIT.items()}
 
 
 def tp_mesh(tp_group, device_type: str = "cpu"):

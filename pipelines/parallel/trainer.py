@@ -4,8 +4,9 @@
 - pp 1, tp 1: DeepSpeed's engine over the transformers model (ZeRO over the data-parallel ranks), as
   `pipelines/train/loop.py` trains;
 - pp > 1: DeepSpeed's `PipelineEngine` over `pipeline.build_pipeline` (1F1B schedule over the
-  `grad_accum_steps` micro-batches, data parallel across pipeline replicas, ZeRO-0/1);
-- tp > 1: the model sharded by `tensor.apply_tensor_parallel` (DTensor), stepped by torch's AdamW;
+  `grad_accum_steps` micro-batches, data parallel across pipeline replicas, ZeRO-0/1); with tp > 1 too,
+  each stage's blocks split by `pipeline_tensor.shard_pipeline_blocks` (DeepSpeed's AutoTP layers);
+- tp > 1 alone: the model sharded by `tensor.apply_tensor_parallel` (DTensor), stepped by torch's AdamW;
   gradients averaged over the data-parallel group with an all-reduce and clipped by their global norm.
 
 Every path starts from the same weights (the transformers model built from the same seed, then split)
@@ -73,6 +74,10 @@ class ParallelTrainer:
             pipe = build_pipeline(model.config, layout, cfg.parallel.partition_method)
             load_hf_weights(pipe, model.state_dict())
             del model  # the other stages' weights
+            if layout.tp > 1:  # the stage's blocks split over its tensor ranks (DeepSpeed AutoTP layers)
+                from pipelines.parallel.pipeline_tensor import shard_pipeline_blocks
+
+                shard_pipeline_blocks(pipe, self.hf_config, self.groups.tp)
             module = pipe
         else:
             module = model
@@ -264,10 +269,11 @@ class ParallelTrainer:
 
 
 def single_process_losses(
-    model_cfg, vocab, spec, cfg, seed: int, global_batches: list[list[dict]]
+    model_cfg, vocab, spec, cfg, seed: int, global_batches: list[list[dict]], trained: list | None = None
 ) -> list[float]:
     """The reference: plain torch in one process over the same global batches (each a list of every
-    data-parallel rank's micro-batches), the same optimizer, schedule and clipping."""
+    data-parallel rank's micro-batches), the same optimizer, schedule and clipping. `trained`, when
+    given, receives the trained model (to compare an exported one with)."""
     from pipelines.train.ds_config import make_optimizer, make_scheduler
     from pipelines.train.objectives import forward_loss
 
@@ -288,4 +294,6 @@ def single_process_losses(
         sched.step()
         opt.zero_grad(set_to_none=True)
         losses.append(total / len(micro))
+    if trained is not None:
+        trained.append(model)
     return losses

@@ -52,6 +52,10 @@ def test_refusals_say_why_and_what_instead():
     assert check_layout(Layout(1, 4, 1), 1, model={"num_layers": 2})[0].startswith("parallel.pp 4 is more")
     assert "decoder family" in check_layout(Layout(1, 2, 1), 1, family="encoder")[0]
     assert check_layout(Layout(2, 2, 1), 1) == [] and check_layout(Layout(2, 1, 2), 0) == []
+    # all three axes with ZeRO-1: the pipeline's tensor shards are plain tensors ZeRO can partition
+    tiny = {"num_heads": 4, "num_kv_heads": 2, "intermediate_size": 176, "num_layers": 2}
+    assert check_layout(Layout(2, 2, 2), 1, model=tiny) == []
+    assert "ZeRO-0 and ZeRO-1 only" in check_layout(Layout(1, 2, 2), 2)[0]
 
 
 def test_recipe_section_validates_layout():
