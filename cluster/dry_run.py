@@ -134,9 +134,13 @@ def _describe_pretrain(recipe: Recipe, view: StageView) -> None:
     hook = getattr(importlib.import_module("cluster.stages.pretrain"), "describe_layout", None)
     if callable(hook):  # the pretrain planner's own account of its parallel layout, when it has one
         text = hook(recipe)
-        lines = [("layout", str(line)) for line in ([text] if isinstance(text, str) else (text or []))]
-        at = next((i + 1 for i, (k, _) in enumerate(view.details) if k == "layout"), len(view.details))
-        view.details[at:at] = lines  # right under the DeepSpeed layout line
+        _insert_layout(view, [text] if isinstance(text, str) else (text or []))
+
+
+def _insert_layout(view: StageView, lines: list) -> None:
+    """A pipeline/tensor layout's lines, right under the DeepSpeed layout line."""
+    at = next((i + 1 for i, (k, _) in enumerate(view.details) if k == "layout"), len(view.details))
+    view.details[at:at] = [("layout", str(line)) for line in lines]
 
 
 def _describe_finetune(recipe: Recipe, view: StageView, run_folder: RunFolder) -> None:
@@ -165,6 +169,10 @@ def _describe_finetune(recipe: Recipe, view: StageView, run_folder: RunFolder) -
         )
     )
     _training(view, cfg, shape, cfg.max_seq_len, trainable)
+    if cfg.model_parallel and Path(base, "config.json").is_file():  # which rank holds which stage/shard
+        from pipelines.parallel.plan import describe
+
+        _insert_layout(view, describe(base, cfg.layout, 0, cfg.parallel.partition_method))
     if cfg.objective in ("dpo", "sft+dpo") and cfg.method == "full":
         view.details.append(
             (

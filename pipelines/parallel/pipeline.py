@@ -122,8 +122,9 @@ def layer_specs(config) -> list[Any]:
     return specs
 
 
-def build_pipeline(config, layout, partition_method: str = "parameters"):
-    """This rank's stage of the decoder (`config`: a transformers `LlamaConfig`)."""
+def build_pipeline(config, layout, partition_method: str = "parameters", dynamic_shape: bool = False):
+    """This rank's stage of the decoder (`config`: a transformers `LlamaConfig`). `dynamic_shape`: the
+    micro-batches' sequence lengths vary (padded SFT records), so each send carries its shape."""
     from deepspeed.pipe import PipelineModule
     from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
 
@@ -135,6 +136,7 @@ def build_pipeline(config, layout, partition_method: str = "parameters"):
         loss_fn=pipeline_loss,
         partition_method=partition_method,
         activation_checkpoint_interval=0,
+        dynamic_shape=dynamic_shape,
     )
 
 

@@ -7,11 +7,23 @@ from __future__ import annotations
 from pipelines.parallel.layout import Layout
 
 
-def layer_parameters(model_cfg, vocab_size: int) -> tuple[list[str], list[int], list[int]]:
-    """(names, parameters, tensor-sharded parameters) of the pipeline's layers, in order."""
+def _meta_model(model_cfg, vocab_size: int):
+    """The decoder on the meta device: from a raylm `ModelConfig`, or (a str) a model folder's config."""
+    if isinstance(model_cfg, str):
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_cfg))
     from pipelines.models import Vocab, build_model
 
-    model = build_model(model_cfg, Vocab(size=vocab_size, pad_id=0, eos_id=1), device="meta")
+    return build_model(model_cfg, Vocab(size=vocab_size, pad_id=0, eos_id=1), device="meta")
+
+
+def layer_parameters(model_cfg, vocab_size: int) -> tuple[list[str], list[int], list[int], bool]:
+    """(names, parameters, tensor-sharded parameters) of the pipeline's layers, in order, and whether
+    the head is tied to the embedding. `model_cfg`: a `ModelConfig` or a model folder (fine-tuning)."""
+    model = _meta_model(model_cfg, vocab_size)
     c = model.config
     emb = c.vocab_size * c.hidden_size
     block = sum(p.numel() for p in model.model.layers[0].parameters())
@@ -19,7 +31,7 @@ def layer_parameters(model_cfg, vocab_size: int) -> tuple[list[str], list[int], 
     names = ["embedding"] + [f"block {i}" for i in range(c.num_hidden_layers)] + ["final norm", "head"]
     params = [emb] + [block] * c.num_hidden_layers + [c.hidden_size, emb]
     sharded = [0] + [block - norms] * c.num_hidden_layers + [0, 0]
-    return names, params, sharded
+    return names, params, sharded, bool(c.tie_word_embeddings)
 
 
 def stage_bounds(params: list[int], pp: int, method: str) -> list[int]:
@@ -41,28 +53,19 @@ def stage_bounds(params: list[int], pp: int, method: str) -> list[int]:
     raise ValueError(f"partition_method {method!r}: use parameters, uniform or type:REGEX")
 
 
-def _tied(model_cfg) -> bool:
-    tied = model_cfg.tie_word_embeddings
-    if tied is None:
-        from pipelines.models.presets import PRESETS
-
-        tied = PRESETS[model_cfg.family][model_cfg.preset].get("tie_word_embeddings", False)
-    return bool(tied)
-
-
 def stage_parameters(
     model_cfg, layout: Layout, vocab_size: int, partition_method: str
 ) -> tuple[list[int], list[tuple[int, int]]]:
     """(parameters one worker of each stage stores, each stage's layer index range [lo, hi)): the
     blocks' projections divided tp ways, the embedding, norms and head whole, a tied embedding once per
     stage that holds an end of it."""
-    _, params, sharded = layer_parameters(model_cfg, vocab_size)
+    _, params, sharded, tied = layer_parameters(model_cfg, vocab_size)
     bounds = stage_bounds(params, layout.pp, partition_method) if layout.pp > 1 else [0, len(params)]
     held, ranges = [], []
     for s in range(layout.pp):
         lo, hi = bounds[s], bounds[s + 1]
         n = sum(params[lo:hi]) - sum(sharded[lo:hi]) + sum(sharded[lo:hi]) // layout.tp
-        if _tied(model_cfg) and lo == 0 and hi == len(params):
+        if tied and lo == 0 and hi == len(params):
             n -= params[-1]  # one stage holds the tied embedding and head: one tensor
         held.append(n)
         ranges.append((lo, hi))
@@ -72,7 +75,7 @@ def stage_parameters(
 def describe(
     model_cfg, layout: Layout, vocab_size: int, partition_method: str, max_ranks: int = 16
 ) -> list[str]:
-    names, _, _ = layer_parameters(model_cfg, vocab_size)
+    names = layer_parameters(model_cfg, vocab_size)[0]
     per_stage, ranges = stage_parameters(model_cfg, layout, vocab_size, partition_method)
     lines = [
         f"{layout.key}: {layout.world} workers = {layout.dp} data x {layout.pp} pipeline x {layout.tp} "

@@ -30,26 +30,52 @@ LAYOUT_FILE = "raylm-layout.json"  # the layout a checkpoint was saved under
 TP_STATE = "raylm-tp-state-rank"  # + rank + .pt: one tensor-parallel rank's weights, optimizer, schedule
 
 
-def _hf_model(model_cfg, vocab, seed: int):
-    from pipelines.models import build_model
+def _hf_model(model_cfg, vocab, seed: int, base_dir: str | None = None):
+    """The whole transformers model every rank starts from: built from the seed, or loaded from a base
+    folder (fine-tuning). The stages and shards are cut from it."""
+    if base_dir is None:
+        from pipelines.models import build_model
 
-    torch.manual_seed(seed)
-    return build_model(model_cfg, vocab)
+        torch.manual_seed(seed)
+        return build_model(model_cfg, vocab)
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, local_files_only=True)
+    if not isinstance(model, LlamaForCausalLM):  # the driver refuses these first (finetune_stage)
+        raise ValueError(f"{base_dir}: {type(model).__name__} is not a Llama-architecture model; the "
+                         "pipeline stages and tensor plans are written for LlamaForCausalLM")
+    model.config.use_cache = False
+    return model
 
 
 class ParallelTrainer:
-    """This rank's share of the model, optimizer and LR schedule. `cfg` is a `PretrainConfig` (its
-    precision resolved); the process group must be up (gloo or NCCL) with layout.world ranks."""
+    """This rank's share of the model, optimizer and LR schedule. `cfg` is a `PretrainConfig` or a
+    `FinetuneConfig` (its precision resolved); the process group must be up (gloo or NCCL) with
+    layout.world ranks. `base_dir`: start from that model folder instead of the seed's initialisation.
+    `variable_length`: micro-batches differ in sequence length (padded SFT records), so the pipeline's
+    stages send each activation's shape along."""
 
-    def __init__(self, model_cfg, vocab, spec, cfg, layout: Layout, seed: int, on_gpu: bool = False):
+    def __init__(
+        self,
+        model_cfg,
+        vocab,
+        spec,
+        cfg,
+        layout: Layout,
+        seed: int,
+        on_gpu: bool = False,
+        base_dir: str | None = None,
+        variable_length: bool = False,
+    ):
         from pipelines.train.ds_config import deepspeed_config, make_optimizer, make_scheduler
 
         self.cfg, self.spec, self.layout, self.on_gpu = cfg, spec, layout, on_gpu
         self.device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
         self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
         self.groups: Groups = build_groups(layout)
-        model = _hf_model(model_cfg, vocab, seed)
+        model = _hf_model(model_cfg, vocab, seed, base_dir)
         self.hf_config = model.config
+        self.total_parameters = sum(p.numel() for p in model.parameters())  # the whole model's
         self.mode = "pipeline" if layout.pp > 1 else "tensor" if layout.tp > 1 else "deepspeed"
         ds_config = deepspeed_config(cfg, layout.dp, on_gpu)
         self.ds_config = ds_config
@@ -71,7 +97,7 @@ class ParallelTrainer:
         if self.mode == "pipeline":
             from pipelines.parallel.pipeline import build_pipeline, load_hf_weights
 
-            pipe = build_pipeline(model.config, layout, cfg.parallel.partition_method)
+            pipe = build_pipeline(model.config, layout, cfg.parallel.partition_method, variable_length)
             load_hf_weights(pipe, model.state_dict())
             del model  # the other stages' weights
             if layout.tp > 1:  # the stage's blocks split over its tensor ranks (DeepSpeed AutoTP layers)
@@ -121,6 +147,30 @@ class ParallelTrainer:
         if self.mode == "deepspeed":
             return self._deepspeed_step(micro_batches)
         return self._tensor_step(micro_batches)
+
+    def eval_sums(self, batch: dict[str, Any]) -> tuple[float, float]:
+        """(loss x predicted tokens, predicted tokens) of one prepared micro-batch, without gradients, as
+        this rank sees it: under a pipeline the last stage has the loss and the other stages give (0, 0).
+        Every rank of a replica that has it gives the same pair, so the ratio of the sums over all ranks
+        is the token-weighted mean loss over the replicas' micro-batches. A collective within a replica:
+        every rank calls it."""
+        from pipelines.train.objectives import IGNORE, forward_loss
+
+        n = float((batch["labels"] != IGNORE).sum())
+        if self.mode == "pipeline":
+            data = iter([((batch["input_ids"].to(self.device), batch["position_ids"].to(self.device)),
+                          batch["labels"].to(self.device))])
+            out = self.engine.eval_batch(data, reduce_output=None, bcast_loss=False, num_micro_batches=1)
+            self.engine.train()
+            return (float(out[0]) * n, n) if self.engine.is_last_stage() else (0.0, 0.0)
+        module = self.engine if self.engine is not None else self.module
+        module.eval()
+        with torch.no_grad(), torch.autocast(
+            self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32
+        ):
+            loss, _ = forward_loss(self.spec, module, batch, self.device, self.dtype)
+        module.train()
+        return float(loss) * n, n
 
     def _deepspeed_step(self, micro_batches) -> float:
         import torch.distributed as dist

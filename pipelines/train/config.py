@@ -24,10 +24,10 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from pipelines.config_base import SectionConfig
-from pipelines.parallel.config import ParallelConfig
+from pipelines.parallel.config import ParallelConfig, ParallelSection
 
 
-class PretrainConfig(SectionConfig):
+class PretrainConfig(ParallelSection, SectionConfig):
     """Pretraining: Ray Train `TorchTrainer` workers running `deepspeed.initialize`."""
 
     data: str | None = None
@@ -128,38 +128,7 @@ class PretrainConfig(SectionConfig):
             problems.append("precision fp16 needs GPUs (use_gpu is false): CPUs train in bf16 or fp32")
         if self.warmup_steps >= self.max_steps and self.max_steps > 1:
             problems.append(f"warmup_steps ({self.warmup_steps}) must be below max_steps ({self.max_steps})")
-        if self.parallel.pp > 1 or self.parallel.tp > 1 or self.parallel.dp is not None:
-            from pipelines.parallel.layout import LayoutError, check_layout
-
-            try:
-                problems += check_layout(self.layout, self.zero_stage)
-            except LayoutError as exc:
-                problems.append(str(exc))
+        problems += self.parallel_problems()
         if problems:
             raise ValueError("; ".join(problems))
         return self
-
-    @property
-    def layout(self):
-        """The dp x pp x tp `Layout` of the workers (`pipelines/parallel/layout.py`)."""
-        from pipelines.parallel.layout import layout_from
-
-        p = self.parallel
-        return layout_from(self.num_workers, p.dp, p.pp, p.tp)
-
-    @property
-    def tensor_parallel(self) -> int:
-        """Tensor-parallel degree (read by the dry run's memory estimate)."""
-        return self.parallel.tp
-
-    @property
-    def pipeline_parallel(self) -> int:
-        """Pipeline-parallel degree (read by the dry run's memory estimate)."""
-        return self.parallel.pp
-
-    @property
-    def global_batch(self) -> int:
-        """Sequences per optimizer step over all workers (the data-parallel ones: pipeline stages and
-        tensor shards of one replica see the same batch)."""
-        dp = self.num_workers // (self.parallel.pp * self.parallel.tp)
-        return self.micro_batch_size * self.grad_accum_steps * max(dp, 1)

@@ -24,11 +24,12 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from pipelines.config_base import SectionConfig
+from pipelines.parallel.config import ParallelConfig, ParallelSection
 
 PEFT_METHODS = ("lora", "prefix", "p-tuning")
 
 
-class FinetuneConfig(SectionConfig):
+class FinetuneConfig(ParallelSection, SectionConfig):
     """Fine-tuning: SFT, DPO, a reward model or RLHF of a causal LM, full or parameter-efficient, as a Ray
     Train job."""
 
@@ -118,7 +119,11 @@ class FinetuneConfig(SectionConfig):
     max_new_tokens: int = Field(default=48, ge=1)
     """Longest generated answer for the match metrics."""
     num_workers: int = Field(default=2, ge=1)
-    """Ray Train workers (data parallel; ZeRO shards across them)."""
+    """Ray Train workers (data parallel, ZeRO shards across them; with `parallel`, dp x pp x tp)."""
+    parallel: ParallelConfig = ParallelConfig()
+    """3D parallelism, as `pretrain.parallel` (docs/parallel.md): pipeline stages and tensor shards of a
+    Llama-architecture base. pp > 1 or tp > 1 runs objective sft with method full (the adapters and the
+    alignment objectives train data parallel). Default: all data parallel."""
     use_gpu: bool | None = None
     """One GPU per worker. None: when the Ray cluster has GPUs."""
     cpus_per_worker: float = Field(default=1.0, gt=0)
@@ -232,11 +237,14 @@ class FinetuneConfig(SectionConfig):
             problems.append("data: at least one JSONL or Parquet file")
         if not self.lora_target_modules:
             problems.append("lora_target_modules: at least one module name")
+        if self.model_parallel and (self.objective != "sft" or self.method != "full"):
+            problems.append(
+                f"parallel (pp {self.parallel.pp}, tp {self.parallel.tp}) runs objective sft with method "
+                f"full (got {self.objective}/{self.method}): pipeline stages and tensor shards split the "
+                "whole model's weights; adapters and the alignment objectives train data parallel "
+                "(parallel: {pp: 1, tp: 1})"
+            )
+        problems += self.parallel_problems()
         if problems:
             raise ValueError("; ".join(problems))
         return self
-
-    @property
-    def global_batch(self) -> int:
-        """Records per optimizer step over all workers."""
-        return self.micro_batch_size * self.grad_accum_steps * self.num_workers

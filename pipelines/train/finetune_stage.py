@@ -89,6 +89,8 @@ def check_base(base_dir: str, key: str = "finetune.base") -> list[str]:
 def prepare(cfg: FinetuneConfig, base_dir: str, seed: int) -> Prepared:
     """Everything that can be checked and computed before any worker starts; raises FinetuneInputError."""
     problems = check_base(base_dir)
+    if not problems and cfg.model_parallel:
+        problems = parallel_base_problems(cfg, base_dir)
     if problems:
         raise FinetuneInputError(problems)
     from transformers import AutoTokenizer
@@ -128,11 +130,11 @@ def prepare(cfg: FinetuneConfig, base_dir: str, seed: int) -> Prepared:
             )
     except FinetuneDataError as exc:
         raise FinetuneInputError(exc.problems) from None
-    per_step = cfg.num_workers * cfg.micro_batch_size
-    if len(train.items) < per_step:
+    dp = cfg.layout.dp  # pipeline stages and tensor shards of a replica share its records
+    if len(train.items) < dp * cfg.micro_batch_size:
         problems.append(
             f"finetune.data: {len(train.items)} usable training records, fewer than one micro-batch per "
-            f"worker ({cfg.num_workers} x micro_batch_size {cfg.micro_batch_size}); "
+            f"data-parallel replica ({dp} x micro_batch_size {cfg.micro_batch_size}); "
             f"{len(quarantine.rows)} quarantined ({quarantine.counts()})"
         )
     if len(heldout.items) < cfg.num_workers:
@@ -327,7 +329,7 @@ def run_finetune(
         "sink": sink,
         "torch_extensions_dir": os.environ.get("TORCH_EXTENSIONS_DIR", str(asset_paths().torch_extensions)),
     }
-    trainer = make_trainer(_loop_fn(), train_config, cfg, on_gpu, name, checkpoint_root)
+    trainer = make_trainer(_loop_fn(cfg), train_config, cfg, on_gpu, name, checkpoint_root)
     monitor = Monitor(sink, join(run_root, "raylm_metrics.jsonl"), cfg.max_steps, log, desc="finetune")
     result, fit_s = fit_with_progress(trainer, monitor, "fine-tuning")
     final = monitor.final or dict(result.metrics or {})
@@ -519,7 +521,35 @@ def _summary(
     return out
 
 
-def _loop_fn():
+def parallel_base_problems(cfg: FinetuneConfig, base_dir: str) -> list[str]:
+    """`finetune.parallel` against the base model: a Llama architecture (the pipeline stages and tensor
+    plans are written for it) whose heads, columns and layers the layout divides."""
+    from pipelines.parallel.layout import check_layout as check_parallel
+
+    try:
+        config = json.loads((Path(base_dir) / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        return [f"finetune.base: {base_dir}/config.json is unreadable ({exc})"]
+    if config.get("model_type") != "llama":
+        return [
+            f"finetune.parallel (pp {cfg.parallel.pp}, tp {cfg.parallel.tp}): the base {base_dir} is a "
+            f"{config.get('model_type')!r} model; pipeline stages and tensor shards are written for the "
+            "Llama architecture. Use data parallelism (pp 1, tp 1)"
+        ]
+    model = {
+        "num_heads": config.get("num_attention_heads", 1),
+        "num_kv_heads": config.get("num_key_value_heads") or config.get("num_attention_heads", 1),
+        "intermediate_size": config.get("intermediate_size", 0),
+        "num_layers": config.get("num_hidden_layers", 0),
+    }
+    return [f"finetune.{p}" for p in check_parallel(cfg.layout, cfg.zero_stage, "decoder", model)]
+
+
+def _loop_fn(cfg: FinetuneConfig):
+    if cfg.model_parallel:  # pipeline/tensor layouts: pipelines/parallel's worker
+        from pipelines.parallel.sft_loop import parallel_sft_loop_per_worker
+
+        return parallel_sft_loop_per_worker
     from pipelines.train.finetune_loop import train_loop_per_worker
 
     return train_loop_per_worker

@@ -251,6 +251,59 @@ def test_other_methods_lower_heldout_loss_and_export(ray_cluster, base, data, tm
         PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), model_dir)
 
 
+def heldout_response_loss(model_dir: Path, cfg, base: Path, seed: int) -> float:
+    """The held-out response loss of a model folder, computed here in one process the data-parallel
+    loop's way (transformers' forward with the attention mask, `sft_loss`, token-weighted)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from pipelines.train.align_losses import model_logits, sft_loss
+    from pipelines.train.finetune_stage import prepare
+    from pipelines.train.sft_data import collate
+
+    prep = prepare(cfg, str(base), seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    items, total, count = prep.heldout.items, 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(items), cfg.micro_batch_size):
+            batch = {k: torch.as_tensor(v) for k, v in collate(items[i : i + cfg.micro_batch_size],
+                                                                prep.tokenizer.pad_token_id).items()}
+            loss, n = sft_loss(model_logits(model, batch), batch["labels"])
+            total, count = total + float(loss) * n, count + n
+    return total / count
+
+
+def test_full_sft_under_a_pipeline_lowers_heldout_loss_and_exports_the_trained_model(
+    ray_cluster, base, data, tmp_path
+):
+    """`finetune.parallel: {pp: 2}`: each of two Ray Train workers holds half the base's blocks in
+    DeepSpeed's pipeline engine. Its held-out loss before tuning is the base's own response loss computed
+    by transformers here, and after tuning that of the exported folder: the pipeline's masking, label
+    shift and export are the data-parallel loop's."""
+    from transformers import AutoModelForCausalLM
+
+    run_dir = tmp_path / "run"
+    cfg = parse_recipe(
+        recipe(
+            run_dir, base, data, method="full", parallel={"pp": 2}, max_steps=30, lr=1e-3,
+            eval_interval=15, checkpoint_interval=100, eval_generate=0,
+        )
+    )
+    run_recipe(cfg, only={"finetune"})
+    s = summary_of(run_dir)
+    before, after = s["heldout_before"]["heldout_loss"], s["heldout_after"]["heldout_loss"]
+    assert before == pytest.approx(heldout_response_loss(base, cfg.finetune, base, cfg.seed), rel=1e-4)
+    assert after < before - 0.1
+    model_dir = run_dir / "finetune" / "model"
+    assert after == pytest.approx(heldout_response_loss(model_dir, cfg.finetune, base, cfg.seed), rel=1e-3)
+    assert s["world_size"] == 2 and s["trainable_share"] == 1.0 and s["step"] == 30
+    tuned = AutoModelForCausalLM.from_pretrained(model_dir)
+    start = AutoModelForCausalLM.from_pretrained(base)
+    assert sum(p.numel() for p in tuned.parameters()) == sum(p.numel() for p in start.parameters())
+    records = [json.loads(x) for x in (run_dir / "finetune" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [0, 15, 30]
+
+
 def train_length_reward_model(base: Path, out: Path, steps: int = 80) -> Path:
     """A reward model made in-process in a few seconds: the tiny backbone with a one-score head, trained
     (Bradley-Terry) to prefer the reference answer over the same answer with four more words. Saved like

@@ -111,6 +111,10 @@ def test_lora_targets_the_model_lacks_are_refused():
         ({"lora_target_modules": []}, "lora_target_modules: at least one module name"),
         ({"objective": "reward", "method": "prefix"}, "objective reward needs method full or lora"),
         ({"objective": "sft+dpo", "method": "p-tuning"}, "objective sft+dpo needs method full or lora"),
+        ({"method": "lora", "parallel": {"pp": 2}}, "parallel (pp 2, tp 1) runs objective sft with method"),
+        ({"objective": "dpo", "method": "full", "num_workers": 2, "parallel": {"tp": 2}, "zero_stage": 0},
+         "runs objective sft with method full (got dpo/full)"),
+        ({"method": "full", "num_workers": 3, "parallel": {"pp": 2}}, "num_workers 3 is not a multiple of"),
     ],
 )
 def test_config_refusals(settings, message):
@@ -143,6 +147,22 @@ def test_planner_refuses_a_missing_base_and_bad_targets(tmp_path, tiny_base, pai
         plan_stages(parse_recipe(recipe + "lora_target_modules: [query]}\n"))
     (plan,) = plan_stages(parse_recipe(recipe + "heldout_pairs: 4}\n"))
     assert plan.name == "finetune" and plan.inputs == {}
+
+
+def test_planner_refuses_parallel_layouts_the_base_cannot_take(tmp_path, tiny_base, pairs_file):
+    """finetune.parallel is checked against the base's config before Ray starts: the tiny base has 4
+    heads, 1 key/value head and 2 layers."""
+    from cluster.config import RecipeError, parse_recipe
+    from cluster.orchestrate import plan_stages
+
+    recipe = (f"name: x\nrun_dir: {tmp_path}\nfinetune: {{base: {tiny_base}, data: [{pairs_file}], "
+              "heldout_pairs: 4, method: full, ")
+    with pytest.raises(RecipeError, match=re.escape("parallel.tp 2 must divide model.num_kv_heads (1)")):
+        plan_stages(parse_recipe(recipe + "zero_stage: 0, parallel: {tp: 2}}\n"))
+    with pytest.raises(RecipeError, match=re.escape("parallel.pp 4 is more than model.num_layers (2)")):
+        plan_stages(parse_recipe(recipe + "num_workers: 4, parallel: {pp: 4}}\n"))
+    (plan,) = plan_stages(parse_recipe(recipe + "parallel: {pp: 2}}\n"))
+    assert plan.name == "finetune"
 
 
 def test_lora_targets_that_are_not_layers_lora_can_wrap_are_refused(tiny_base):
