@@ -463,10 +463,27 @@ def main() -> None:
             )
     result["load"] = load.summary()
     result["finished"] = time.strftime("%F %T")
+    carry_over(result, RESULTS / "train.json")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "train.json").write_text(json.dumps(result, indent=2, default=float))
     (RESULTS / "train.md").write_text(markdown(result))
     print(markdown(result))
+
+
+def carry_over(result: dict[str, Any], previous_file: Path) -> None:
+    """The sections this invocation did not measure (the ZeRO memory runs with --skip-memory, the quality
+    run without --quality-minutes) are kept from the previous results file, each with the date it was
+    measured (`<section>_measured`), so a throughput re-run does not erase them."""
+    try:
+        previous = json.loads(previous_file.read_text())
+    except (OSError, ValueError):
+        previous = {}
+    for key in ("zero_memory", "quality"):
+        if result.get(key):
+            result[f"{key}_measured"] = result["started"]
+        elif previous.get(key):
+            result[key] = previous[key]
+            result[f"{key}_measured"] = previous.get(f"{key}_measured") or previous.get("started")
 
 
 def markdown(r: dict[str, Any]) -> str:
@@ -511,7 +528,7 @@ def markdown(r: dict[str, Any]) -> str:
     if r.get("zero_memory"):
         lines += [
             "",
-            "## Memory per worker by ZeRO stage",
+            f"## Memory per worker by ZeRO stage (measured {r.get('zero_memory_measured', r['started'])})",
             "",
             "| ZeRO | preset | params | peak RSS per worker (GiB) | added by the model (GiB) | "
             "DeepSpeed estimator (GiB, mixed precision) | ZeRO formula fp32 (GiB) |",
@@ -538,7 +555,8 @@ def markdown(r: dict[str, Any]) -> str:
     if q:
         lines += [
             "",
-            f"## Quality: {q['budget_min']} minutes of pretraining each",
+            f"## Quality: {q['budget_min']} minutes of pretraining each (measured "
+            f"{r.get('quality_measured', r['started'])})",
             "",
             "| | steps | held-out loss | held-out perplexity |",
             "|---|---|---|---|",
