@@ -44,6 +44,9 @@ class RunSpec:
     resume_after: int | None = None
     """After this many steps, every rank saves its state, a fresh trainer (step-0 weights) loads it and
     trains the rest: the losses must not notice."""
+    base_dir: str | None = None
+    """Fine-tuning: every trainer (and the reference) starts from this Llama folder, and the batches are
+    padded SFT records of varying length (prompt tokens masked) instead of packed rows."""
 
     def name(self, i: int) -> str:
         return self.names[i] if self.names else self.layouts[i].key
@@ -77,8 +80,10 @@ def vocab_spec(vocab_size: int):
 
 
 def fixed_batches(spec: RunSpec, micro_batch_size: int, per_step: int) -> list[list[dict[str, Any]]]:
-    """`spec.steps` global batches of `per_step` prepared micro-batches each (packed rows)."""
-    from pipelines.train.objectives import prepare_batch
+    """`spec.steps` global batches of `per_step` prepared micro-batches each (packed rows, or with
+    `base_dir` padded SFT records)."""
+    from pipelines.parallel.sft_loop import sft_micro_batch
+    from pipelines.train.objectives import IGNORE, prepare_batch
 
     _, ospec = vocab_spec(spec.vocab_size)
     rng = np.random.default_rng(spec.seed + 12345)
@@ -86,6 +91,16 @@ def fixed_batches(spec: RunSpec, micro_batch_size: int, per_step: int) -> list[l
     for _ in range(spec.steps):
         micro = []
         for _ in range(per_step):
+            if spec.base_dir:  # records of 8..seq_len tokens: a random prompt of 3..6 (no loss), then a
+                items = []  # counting response (learnable: each token is the one before plus one)
+                for _ in range(micro_batch_size):
+                    n, k = int(rng.integers(8, spec.seq_len + 1)), int(rng.integers(3, 7))
+                    start = int(rng.integers(0, 40))
+                    ids = [int(x) for x in rng.integers(3, spec.vocab_size, size=k)]
+                    ids += [3 + (start + j) % 40 for j in range(n - k)]
+                    items.append({"ids": ids, "labels": [IGNORE] * k + ids[k:]})
+                micro.append(sft_micro_batch(items, pad_id=0))
+                continue
             ids = rng.integers(3, spec.vocab_size, size=(micro_batch_size, spec.seq_len))
             pos = np.zeros_like(ids)
             for r in range(micro_batch_size):  # two documents per row, the first ended by eos
@@ -144,14 +159,12 @@ def _worker(rank: int, spec: RunSpec, port: int, out_dir: str) -> None:
     import torch.distributed as dist
 
     deepspeed.init_distributed(dist_backend="gloo", verbose=False)
-    from pipelines.parallel.trainer import ParallelTrainer
 
     results = []
     for i, layout in enumerate(spec.layouts):
-        model_cfg, cfg = configs(spec, layout, (spec.overrides or [{}] * len(spec.layouts))[i])
-        vocab, ospec = vocab_spec(spec.vocab_size)
+        _, cfg = configs(spec, layout, (spec.overrides or [{}] * len(spec.layouts))[i])
         batches = fixed_batches(spec, cfg.micro_batch_size, layout.dp * cfg.grad_accum_steps)
-        trainer = ParallelTrainer(model_cfg, vocab, ospec, cfg, layout, spec.seed)
+        trainer = _trainer(spec, layout, cfg)
         d, _, _ = layout.coords(rank)
         gas = cfg.grad_accum_steps
         losses, times = [], []
@@ -186,22 +199,30 @@ def _worker(rank: int, spec: RunSpec, port: int, out_dir: str) -> None:
     dist.destroy_process_group()
 
 
+def _trainer(spec: RunSpec, layout: Layout, cfg):
+    from pipelines.parallel.trainer import ParallelTrainer
+
+    model_cfg, _ = configs(spec, layout)
+    vocab, ospec = vocab_spec(spec.vocab_size)
+    return ParallelTrainer(
+        model_cfg, vocab, ospec, cfg, layout, spec.seed,
+        base_dir=spec.base_dir, variable_length=spec.base_dir is not None,
+    )
+
+
 def _reloaded(trainer, folder: str, step: int, spec: RunSpec, layout: Layout, cfg):
     """`trainer`'s state saved into `folder` (shared by the ranks, as Ray Train's merged checkpoint is),
     loaded by a new trainer built from the seed; the new one."""
     import torch.distributed as dist
     from deepspeed.utils import groups
 
-    from pipelines.parallel.trainer import ParallelTrainer
 
     os.makedirs(folder, exist_ok=True)
     trainer.save_state(folder, {"step": step})
     dist.barrier()
     del trainer
     groups.mpu = None  # as between layouts (below)
-    model_cfg, _ = configs(spec, layout)
-    vocab, ospec = vocab_spec(spec.vocab_size)
-    fresh = ParallelTrainer(model_cfg, vocab, ospec, cfg, layout, spec.seed)
+    fresh = _trainer(spec, layout, cfg)
     client = fresh.load_state(folder)
     if client.get("step") != step:
         raise RuntimeError(f"the checkpoint's client state says step {client.get('step')}, not {step}")
@@ -236,4 +257,4 @@ def reference_losses(spec: RunSpec, dp: int, trained: list | None = None) -> lis
     model_cfg, cfg = configs(spec, Layout(dp=dp))
     vocab, ospec = vocab_spec(spec.vocab_size)
     batches = fixed_batches(spec, cfg.micro_batch_size, dp * cfg.grad_accum_steps)
-    return single_process_losses(model_cfg, vocab, ospec, cfg, spec.seed, batches, trained)
+    return single_process_losses(model_cfg, vocab, ospec, cfg, spec.seed, batches, trained, spec.base_dir)

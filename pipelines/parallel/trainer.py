@@ -319,15 +319,23 @@ class ParallelTrainer:
 
 
 def single_process_losses(
-    model_cfg, vocab, spec, cfg, seed: int, global_batches: list[list[dict]], trained: list | None = None
+    model_cfg,
+    vocab,
+    spec,
+    cfg,
+    seed: int,
+    global_batches: list[list[dict]],
+    trained: list | None = None,
+    base_dir: str | None = None,
 ) -> list[float]:
     """The reference: plain torch in one process over the same global batches (each a list of every
     data-parallel rank's micro-batches), the same optimizer, schedule and clipping. `trained`, when
-    given, receives the trained model (to compare an exported one with)."""
+    given, receives the trained model (to compare an exported one with); `base_dir`: start from that
+    folder (fine-tuning) instead of the seed's initialisation."""
     from pipelines.train.ds_config import make_optimizer, make_scheduler
     from pipelines.train.objectives import forward_loss
 
-    model = _hf_model(model_cfg, vocab, seed)
+    model = _hf_model(model_cfg, vocab, seed, base_dir)
     opt = make_optimizer(model, cfg.model_copy(update={"offload_optimizer": False}), False)
     sched = make_scheduler(opt, cfg)
     model.train()

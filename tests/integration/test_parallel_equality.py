@@ -95,3 +95,23 @@ def test_three_axes_at_once_equal_one_process_across_a_resume():
 def test_other_layouts_equal_one_process(layout):
     spec = RunSpec(MODEL, PRETRAIN, [layout])
     _check(spec, run_layouts(spec), _full_params())
+
+
+def test_sft_from_a_base_folder_equals_one_process(tmp_path):
+    """Fine-tuning's path (`finetune.parallel`): the trainers load a base folder and train on padded SFT
+    records of varying length (the pipeline sends each activation's shape), pp2 and tp2 in one spawn,
+    each equal to one process training the same folder on the same records."""
+    from pipelines.models import ModelConfig, build_model
+    from pipelines.parallel.harness import vocab_spec
+
+    torch.manual_seed(7)
+    base = tmp_path / "base"
+    build_model(ModelConfig.model_validate(MODEL), vocab_spec(256)[0]).save_pretrained(base)
+    spec = RunSpec(MODEL, PRETRAIN, [Layout(1, 2, 1), Layout(1, 1, 2)], base_dir=str(base), resume_after=3)
+    results = run_layouts(spec)
+    ref = reference_losses(spec, 1)
+    for layout in spec.layouts:
+        for r in results[layout.key]:
+            print(f"sft {layout.key} rank {r['rank']}: losses {r['losses']} (one process {ref})")
+            assert r["losses"] == pytest.approx(ref, rel=REL_TOL), (layout.key, r["rank"])
+    assert ref[-1] < ref[0]
