@@ -107,8 +107,30 @@ def worker_local(input_dir: str, out_dir: str) -> dict:
 # Measuring a subprocess tree
 
 
-def _tree_memory(proc) -> tuple[int, int]:
-    """(PSS, RSS) in bytes summed over a process and its descendants."""
+def _label(p) -> str:
+    """A process' role: a Ray worker's title (`ray::MapBatches(...)`, `ray::IDLE`, an actor's class), or
+    the program (gcs_server, raylet, dashboard, the driver `benchmarks.data_bench`)."""
+    try:
+        cmd = p.cmdline()
+    except Exception:  # noqa: BLE001 - the process may be gone
+        return "?"
+    if not cmd:
+        return p.name()
+    if cmd[0].startswith("ray::"):
+        return " ".join(cmd)[:80].strip()
+    prog = Path(cmd[0]).name
+    if prog.startswith("python") and len(cmd) > 1:
+        rest = [c for c in cmd[1:] if not c.startswith("-")][:1]
+        if "-m" in cmd:
+            rest = [cmd[cmd.index("-m") + 1]]
+        return f"{prog} {Path(rest[0]).name if rest else ''}".strip()
+    return prog
+
+
+def _tree_memory(proc, per_process: list | None = None) -> tuple[int, int]:
+    """(PSS, RSS) in bytes summed over a process and its descendants; `per_process` (when given) gets
+    (pid, label, pss, uss) per process (USS: its private pages; PSS minus USS is its share of shared
+    pages, mostly Ray's object store, a shared-memory file every worker maps)."""
     import psutil
 
     pss = rss = 0
@@ -121,6 +143,9 @@ def _tree_memory(proc) -> tuple[int, int]:
             info = p.memory_full_info()
             pss += getattr(info, "pss", info.rss)
             rss += info.rss
+            if per_process is not None:
+                own = getattr(info, "pss", info.rss)
+                per_process.append((p.pid, _label(p), own, getattr(info, "uss", 0)))
         except psutil.Error:
             continue
     return pss, rss
@@ -132,8 +157,11 @@ def _child_environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in ("TMPDIR", "RAY_TMPDIR", "VLLM_RPC_BASE_PATH")}
 
 
-def measure(cmd: list[str], env: dict | None = None, timeout: float = 7200) -> dict:
-    """Run `cmd`; return its last JSON line plus wall time, peak PSS/RSS of its tree and the load."""
+def measure(
+    cmd: list[str], env: dict | None = None, timeout: float = 7200, memory_log: Path | None = None
+) -> dict:
+    """Run `cmd`; return its last JSON line plus wall time, peak PSS/RSS of its tree (and the processes
+    at the peak) and the load. `memory_log`: a JSON line per 1 s sample with every process' PSS."""
     import psutil
 
     t0 = time.perf_counter()
@@ -147,14 +175,24 @@ def measure(cmd: list[str], env: dict | None = None, timeout: float = 7200) -> d
     )
     ps = psutil.Process(proc.pid)
     peak = {"pss": 0, "rss": 0}
+    at_peak: list = []
     loads: list[float] = []
     done = threading.Event()
+    log = open(memory_log, "w") if memory_log else None  # noqa: SIM115 - closed below
 
     def sample() -> None:
         while not done.is_set():
-            pss, rss = _tree_memory(ps)
+            per: list = []
+            pss, rss = _tree_memory(ps, per)
+            if pss > peak["pss"]:
+                at_peak[:] = per
             peak["pss"], peak["rss"] = max(peak["pss"], pss), max(peak["rss"], rss)
             loads.append(os.getloadavg()[0])
+            if log is not None:
+                t = round(time.perf_counter() - t0, 1)
+                procs = [[pid, label, round(b / 2**20, 1), round(u / 2**20, 1)] for pid, label, b, u in per]
+                log.write(json.dumps({"t": t, "pss_mb": round(pss / 2**20, 1), "procs": procs}) + "\n")
+                log.flush()
             done.wait(1.0)
 
     thread = threading.Thread(target=sample, daemon=True)
@@ -164,6 +202,8 @@ def measure(cmd: list[str], env: dict | None = None, timeout: float = 7200) -> d
     finally:
         done.set()
         thread.join()
+        if log is not None:
+            log.close()
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-4000:]}")
@@ -174,6 +214,10 @@ def measure(cmd: list[str], env: dict | None = None, timeout: float = 7200) -> d
             "peak_pss_mb": round(peak["pss"] / 2**20, 1),
             "peak_rss_sum_mb": round(peak["rss"] / 2**20, 1),
             "cpu_load_during_run": round(sum(loads) / len(loads), 2) if loads else None,
+            # the processes at the peak sample, largest first: where the memory is
+            "peak_by_process_mb": [
+                [label, round(b / 2**20, 1)] for _, label, b, _ in sorted(at_peak, key=lambda e: -e[2])[:12]
+            ],
         }
     )
     return result
@@ -203,6 +247,7 @@ def run(
     local_ops_at: set[int],
     keep: bool = False,
     baseline_max: int | None = None,
+    memory_log: Path | None = None,
 ) -> dict:
     from benchmarks import data_corpus
 
@@ -226,7 +271,8 @@ def run(
             results["sizes"][str(n)] = row
             print(f"[{n:,} docs] raylm (Ray, 2 CPUs) ...", flush=True)
             ray_res = measure(
-                [py, "-m", "benchmarks.data_bench", "--worker", "raylm", str(inp), str(work / f"ray-{n}")]
+                [py, "-m", "benchmarks.data_bench", "--worker", "raylm", str(inp), str(work / f"ray-{n}")],
+                memory_log=memory_log / f"raylm-{n}.jsonl" if memory_log else None,
             )
             ray_res["docs_per_s"] = round(n / ray_res["process_wall_s"], 1)
             ray_res["stage_docs_per_s"] = round(n / ray_res["stage_s"], 1)
@@ -340,6 +386,17 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="run the (slow) baseline only up to this many documents",
     )
+    parser.add_argument(
+        "--raylm-only",
+        action="store_true",
+        help="run only raylm on Ray (no baseline, no single-process run): for memory and speed checks",
+    )
+    parser.add_argument(
+        "--memory-log",
+        type=Path,
+        default=None,
+        help="folder for raylm-<docs>.jsonl: every process' PSS (by Ray worker/program) each second",
+    )
     parser.add_argument("--worker", choices=["raylm", "local"], help=argparse.SUPPRESS)
     parser.add_argument("paths", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -355,7 +412,13 @@ def main(argv: list[str] | None = None) -> None:
         sizes = args.sizes or [50_000, HEADLINE, 800_000]
         out = args.out or RESULTS / "data.json"
         local_at = {HEADLINE} if HEADLINE in sizes else {sizes[len(sizes) // 2]}
-    results = run(sizes, out, out.with_suffix(".md"), local_at, args.keep, args.baseline_max)
+    if args.raylm_only:
+        local_at, args.baseline_max = set(), 0
+    if args.memory_log:
+        args.memory_log.mkdir(parents=True, exist_ok=True)
+    results = run(
+        sizes, out, out.with_suffix(".md"), local_at, args.keep, args.baseline_max, args.memory_log
+    )
     print(f"ratio {results.get('ratio')}x -> {out}")
 
 
