@@ -98,7 +98,7 @@ def describe_layout(recipe: Recipe) -> list[str]:
     """The dry run's account of a pipeline/tensor layout (`pipelines/parallel/plan.py`): which rank holds
     which data shard, stage (and layers) and tensor shard, and the parameters each stores."""
     cfg = recipe.pretrain
-    if cfg is None or (cfg.parallel.pp == 1 and cfg.parallel.tp == 1):
+    if cfg is None or not cfg.model_parallel:
         return []
     from pipelines.parallel.plan import describe
 

@@ -199,8 +199,7 @@ def checkpoint_key(
 
 def _parallel_problems(model: ModelConfig, pretrain: PretrainConfig) -> list[str]:
     """The pipeline/tensor layout against the model (family, heads, layers); pipelines/parallel/layout.py."""
-    p = pretrain.parallel
-    if p.pp == 1 and p.tp == 1:
+    if not pretrain.model_parallel:
         return []
     from pipelines.parallel.layout import check_layout as check_parallel
 
@@ -208,10 +207,6 @@ def _parallel_problems(model: ModelConfig, pretrain: PretrainConfig) -> list[str
         f"pretrain.{x}"
         for x in check_parallel(pretrain.layout, pretrain.zero_stage, model.family, model.resolved())
     ]
-
-
-def _model_parallel(pretrain: PretrainConfig) -> bool:
-    return pretrain.parallel.pp > 1 or pretrain.parallel.tp > 1
 
 
 def _datasets(data: TokenData, eval_rows: int, ordered: bool = False):
@@ -298,7 +293,7 @@ def run_pretrain(
         Path(checkpoint_root).mkdir(parents=True, exist_ok=True)
     eval_rows = min(pretrain.eval_sequences, data.heldout_rows)
     eval_rows -= eval_rows % pretrain.num_workers  # equal shards
-    if _model_parallel(pretrain):
+    if pretrain.model_parallel:
         eval_rows = 0  # the pipeline/tensor worker has no held-out evaluation yet (docs/parallel.md)
     from pipelines.train.progress import Monitor, fit_with_progress, metrics_sink_class
 
@@ -317,7 +312,7 @@ def run_pretrain(
         "train_flops_per_sequence": flops_seq,
         "torch_extensions_dir": os.environ.get("TORCH_EXTENSIONS_DIR", str(asset_paths().torch_extensions)),
     }
-    datasets = _datasets(data, eval_rows, ordered=_model_parallel(pretrain))
+    datasets = _datasets(data, eval_rows, ordered=pretrain.model_parallel)
     trainer = make_trainer(
         _loop_fn(pretrain),
         train_config,
@@ -327,7 +322,7 @@ def run_pretrain(
         checkpoint_root,
         datasets=datasets,
         # a pipeline/tensor layout shards along dp only: each worker takes its replica's rows itself
-        dataset_config=DataConfig(datasets_to_split=[] if _model_parallel(pretrain) else "all"),
+        dataset_config=DataConfig(datasets_to_split=[] if pretrain.model_parallel else "all"),
     )
     log_uri = join(run_root, "raylm_metrics.jsonl")
     monitor = Monitor(sink, log_uri, pretrain.max_steps, log)
@@ -373,7 +368,7 @@ def run_pretrain(
 
 
 def _loop_fn(pretrain: PretrainConfig | None = None):
-    if pretrain is not None and _model_parallel(pretrain):
+    if pretrain is not None and pretrain.model_parallel:
         from pipelines.parallel.loop import parallel_train_loop_per_worker
 
         return parallel_train_loop_per_worker
