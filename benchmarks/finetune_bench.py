@@ -7,6 +7,11 @@ and RLHF (RLOO with LoRA) against that reward model.
     .venv/bin/python benchmarks/finetune_bench.py              # the default steps (~25 min on 2 cores)
     .venv/bin/python benchmarks/finetune_bench.py --modes rlhf-lora --reward-model KEPT_REWARD_MODEL
         # replaces that mode's entry, keeps the others; reward-lora's model is kept in KEPT_REWARD_MODEL
+    .venv/bin/python benchmarks/finetune_bench.py --modes rlhf-lora --reward-model KEPT_REWARD_MODEL \
+        --seeds 0 1 2 --set lr=5e-4
+        # each mode once per seed (the recipe's `seed`: initialisation, order, sampling and which
+        # instructions are held out); the entry adds every seed's before/after and the mean change with
+        # its standard error; --set overrides a finetune key of every mode run
 
 For each mode: held-out metrics before/after (SFT: response-token cross-entropy; DPO: DPO loss, implicit
 reward margin, preference accuracy, log-prob accuracy; reward model: Bradley-Terry loss, margin,
@@ -47,7 +52,7 @@ MODES = {
     "rlhf-lora": {
         "objective": "rlhf",
         "method": "lora",
-        "lr": 2e-3,
+        "lr": 1e-3,  # 2e-3 spent more KL than it gained reward (docs/finetune.md)
         "steps": 8,
         "eval_generate": 0,
         "micro_batch_size": 1,
@@ -61,7 +66,7 @@ KEPT_REWARD_MODEL = "/tmp/raylm-ftbench-reward-model"
 HISTORY_KEYS = ("loss", "heldout_loss", *ALIGN_METRIC_KEYS, "tokens_per_s")
 
 
-def recipe(run_dir: Path, steps: int, settings: dict) -> str:
+def recipe(run_dir: Path, steps: int, settings: dict, seed: int = 0) -> str:
     finetune = {
         "base": "assets:models/SmolLM2-135M-Instruct",
         "data": ["assets:instructions/chatterbot.jsonl"],
@@ -78,7 +83,13 @@ def recipe(run_dir: Path, steps: int, settings: dict) -> str:
         "max_new_tokens": 16,
         **{k: v for k, v in settings.items() if k != "steps"},
     }
-    lines = ["name: finetune-bench", f"run_dir: {run_dir}", "cluster: {num_cpus: 2}", "finetune:"]
+    lines = [
+        "name: finetune-bench",
+        f"run_dir: {run_dir}",
+        f"seed: {seed}",
+        "cluster: {num_cpus: 2}",
+        "finetune:",
+    ]
     lines += [f"  {k}: {json.dumps(v)}" for k, v in finetune.items()]
     return "\n".join(lines) + "\n"
 
@@ -91,6 +102,39 @@ def history(stage: Path) -> list[dict]:
         if keep:
             out.append({"kind": r.get("kind"), "step": r.get("step"), **keep})
     return out
+
+
+def across_seeds(runs: list[dict]) -> dict:
+    """Per held-out metric: the change after - before of every seed, its mean and standard error."""
+    import statistics
+
+    out = {}
+    for key in runs[0]["heldout_after"]:
+        deltas = [
+            r["heldout_after"][key] - r["heldout_before"][key]
+            for r in runs
+            if isinstance(r["heldout_after"].get(key), int | float)
+            and isinstance(r["heldout_before"].get(key), int | float)
+        ]
+        if len(deltas) == len(runs):
+            se = statistics.stdev(deltas) / len(deltas) ** 0.5 if len(deltas) > 1 else None
+            out[key] = {
+                "change_mean": round(statistics.fmean(deltas), 5),
+                "change_se": None if se is None else round(se, 5),
+                "changes": [round(d, 5) for d in deltas],
+                "raised_in": sum(d > 0 for d in deltas),
+            }
+    return out
+
+
+def _override(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--set {text!r}: expected KEY=VALUE (a finetune key)")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
 
 
 def _fmt(x, digits=3) -> str:
@@ -131,6 +175,27 @@ def table(results: list[dict]) -> list[str]:
     return rows
 
 
+def seed_lines(results: list[dict]) -> list[str]:
+    """For the modes run with several seeds: each held-out metric's change, mean +- standard error."""
+    lines = []
+    for r in results:
+        if not r.get("across_seeds"):
+            continue
+        n = len(r["seeds"])
+        parts = [
+            f"{k.removeprefix('heldout_')} {v['change_mean']:+.3f} +- {v['change_se']:.3f} "
+            f"(up in {v['raised_in']}/{n})"
+            for k, v in r["across_seeds"].items()
+            if v["change_se"] is not None
+        ]
+        seeds = ", ".join(str(x["seed"]) for x in r["seeds"])
+        lines.append(
+            f"- {r['mode']} over seeds {seeds} (the table shows seed {r['seed']}), change after - "
+            f"before, mean +- standard error: " + "; ".join(parts)
+        )
+    return [*lines, ""] if lines else []
+
+
 def plot_all(results: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -169,11 +234,18 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="4 steps per mode")
     ap.add_argument("--modes", nargs="*", default=list(MODES))
     ap.add_argument("--reward-model", default=None, help="rlhf without reward-lora in this run: its model/")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0], help="run each mode once per seed")
+    ap.add_argument(
+        "--set",
+        type=_override,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a finetune key in every mode run (JSON value), e.g. lr=5e-4",
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args()
 
-    from cluster.config import parse_recipe
-    from cluster.orchestrate import run_recipe
     from cluster.runtime import ray_session
 
     out = Path(args.out)
@@ -185,56 +257,78 @@ def main() -> None:
     t_all = time.perf_counter()
     with ray_session(num_cpus=2):  # one local Ray for every mode: its start-up is paid once
         for mode in args.modes:
-            settings = dict(MODES[mode])
-            steps = 4 if args.quick else max(2, round(settings["steps"] * args.steps))
-            if settings["objective"] == "rlhf":
-                if not reward_model:
-                    raise SystemExit("rlhf needs a reward model: reward-lora first, or --reward-model")
-                settings["reward_model"] = reward_model
-            work = keep / mode
-            t0 = time.perf_counter()
-            try:
-                with LoadSampler() as load:
-                    run_recipe(parse_recipe(recipe(work / "run", steps, settings)), only={"finetune"})
-            except Exception as exc:  # noqa: BLE001  # one failed mode must not lose the others' numbers
-                print(f"{mode} failed: {exc!r}", flush=True)
-                failed.append({"mode": mode, "error": repr(exc)[:2000]})
-                write(out, results, failed, t_all)
-                continue
-            wall = time.perf_counter() - t0
-            stage = work / "run" / "finetune"
-            s = json.loads((stage / "summary.json").read_text())
-            shutil.copyfile(stage / "loss_curve.png", out / f"finetune_{mode}.png")
-            if settings["objective"] == "reward":  # kept for a later `--modes rlhf-lora --reward-model`
-                kept = Path(KEPT_REWARD_MODEL)  # not tempfile's folder: the Ray session's is removed
-                shutil.rmtree(kept, ignore_errors=True)
-                shutil.copytree(stage / "model", kept)
-                reward_model = str(kept)
-            results.append(
-                {
-                    "mode": mode,
-                    **{k: v for k, v in settings.items() if k not in ("steps", "reward_model")},
-                    "steps": s["step"],
-                    "heldout_before": s["heldout_before"],
-                    "heldout_after": s["heldout_after"],
-                    "match": {k: s["match"][k] for k in ("before", "after")} if "match" in s else None,
-                    "samples": (s.get("match") or {}).get("samples", [])[:2],
-                    "trainable_params": s["trainable_params"],
-                    "total_params": s["total_params"],
-                    "trainable_share": s["trainable_share"],
-                    "tokens_per_s": s.get("tokens_per_s"),
-                    "step_time_s": s.get("step_time_s"),
-                    "train_records": s["train_records"],
-                    "heldout_records": s["heldout_records"],
-                    "quarantined": s["quarantined"],
-                    "wall_s": round(wall, 1),
-                    "load": load.summary(),
-                    "history": history(stage),
-                }
-            )
-            print(json.dumps({k: v for k, v in results[-1].items() if k != "history"}, indent=1), flush=True)
+            runs: list[dict] = []
+            for seed in args.seeds:
+                entry = run_mode(args, mode, seed, keep, reward_model, failed)
+                if entry is None:
+                    continue
+                reward_model = entry.pop("_reward_model", reward_model)
+                runs.append(entry)
+            if runs:
+                if len(args.seeds) > 1:
+                    runs[0]["seeds"] = [
+                        {k: r[k] for k in ("seed", "heldout_before", "heldout_after", "wall_s")} for r in runs
+                    ]
+                    runs[0]["across_seeds"] = across_seeds(runs)
+                results.append(runs[0])
+                print(json.dumps({k: v for k, v in runs[0].items() if k != "history"}, indent=1), flush=True)
             write(out, results, failed, t_all)  # after every mode: an interrupted run keeps what it measured
     shutil.rmtree(keep, ignore_errors=True)
+
+
+def run_mode(args, mode: str, seed: int, keep: Path, reward_model: str | None, failed: list) -> dict | None:
+    """One mode with one seed through `run_recipe`: its entry (with `_reward_model` when it trained one), or
+    None after a failure, which goes to `failed`."""
+    from cluster.config import parse_recipe
+    from cluster.orchestrate import run_recipe
+
+    settings = dict(MODES[mode]) | dict(args.set)
+    steps = 4 if args.quick else max(2, round(settings["steps"] * args.steps))
+    if settings["objective"] == "rlhf":
+        if not reward_model:
+            raise SystemExit("rlhf needs a reward model: reward-lora first, or --reward-model")
+        settings["reward_model"] = reward_model
+    work = keep / f"{mode}-seed{seed}"
+    t0 = time.perf_counter()
+    try:
+        with LoadSampler() as load:
+            run_recipe(parse_recipe(recipe(work / "run", steps, settings, seed)), only={"finetune"})
+    except Exception as exc:  # noqa: BLE001  # one failed mode must not lose the others' numbers
+        print(f"{mode} (seed {seed}) failed: {exc!r}", flush=True)
+        failed.append({"mode": mode, "seed": seed, "error": repr(exc)[:2000]})
+        return None
+    wall = time.perf_counter() - t0
+    stage = work / "run" / "finetune"
+    s = json.loads((stage / "summary.json").read_text())
+    if seed == args.seeds[0]:
+        shutil.copyfile(stage / "loss_curve.png", Path(args.out) / f"finetune_{mode}.png")
+    entry = {
+        "mode": mode,
+        "seed": seed,
+        **{k: v for k, v in settings.items() if k not in ("steps", "reward_model")},
+        "steps": s["step"],
+        "heldout_before": s["heldout_before"],
+        "heldout_after": s["heldout_after"],
+        "match": {k: s["match"][k] for k in ("before", "after")} if "match" in s else None,
+        "samples": (s.get("match") or {}).get("samples", [])[:2],
+        "trainable_params": s["trainable_params"],
+        "total_params": s["total_params"],
+        "trainable_share": s["trainable_share"],
+        "tokens_per_s": s.get("tokens_per_s"),
+        "step_time_s": s.get("step_time_s"),
+        "train_records": s["train_records"],
+        "heldout_records": s["heldout_records"],
+        "quarantined": s["quarantined"],
+        "wall_s": round(wall, 1),
+        "load": load.summary(),
+        "history": history(stage),
+    }
+    if settings["objective"] == "reward" and seed == args.seeds[0]:  # for a later rlhf --reward-model
+        kept = Path(KEPT_REWARD_MODEL)  # not tempfile's folder: the Ray session's is removed
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.copytree(stage / "model", kept)
+        entry["_reward_model"] = str(kept)
+    return entry
 
 
 def with_earlier(out: Path, results: list[dict]) -> list[dict]:
@@ -269,6 +363,7 @@ def write(out: Path, results: list[dict], failed: list[dict], t_all: float) -> N
         "",
         *table(results),
         "",
+        *seed_lines(results),
         *[f"- {f['mode']} failed: {f['error'][:300]}" for f in failed],
     ]
     (out / "finetune.md").write_text("\n".join(md))
