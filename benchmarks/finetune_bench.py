@@ -8,7 +8,7 @@ and RLHF (RLOO with LoRA) against that reward model.
     .venv/bin/python benchmarks/finetune_bench.py --modes rlhf-lora --reward-model KEPT_REWARD_MODEL
         # replaces that mode's entry, keeps the others; reward-lora's model is kept in KEPT_REWARD_MODEL
     .venv/bin/python benchmarks/finetune_bench.py --modes rlhf-lora --reward-model KEPT_REWARD_MODEL \
-        --seeds 0 1 2 --set lr=5e-4
+        --seeds 0 1 2 --set lr=1e-3
         # each mode once per seed (the recipe's `seed`: initialisation, order, sampling and which
         # instructions are held out); the entry adds every seed's before/after and the mean change with
         # its standard error; --set overrides a finetune key of every mode run
@@ -241,7 +241,7 @@ def main() -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a finetune key in every mode run (JSON value), e.g. lr=5e-4",
+        help="override a finetune key in every mode run (JSON value), e.g. lr=1e-3",
     )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args()
