@@ -172,7 +172,7 @@ def test_dpo_lora_raises_margin_and_preference_accuracy(ray_cluster, base, data,
             objective="dpo",
             method="lora",
             dpo_beta=0.5,
-            lr=5e-3,
+            lr=2e-3,
             heldout_pairs=16,
             max_steps=100,
             eval_interval=50,
@@ -183,10 +183,13 @@ def test_dpo_lora_raises_margin_and_preference_accuracy(ray_cluster, base, data,
     s = summary_of(run_dir)
     before, after = s["heldout_before"], s["heldout_after"]
     assert before["heldout_margin"] == pytest.approx(0.0, abs=1e-6)  # policy == reference at the start
+    # lr 2e-3, measured on two CPUs whose fp32 kernels round differently (AVX2; AVX512, the same run
+    # with ATEN_CPU_CAPABILITY=avx2 to compare): loss 0.693 -> 0.49 / 0.55, accuracy 0.69 / 0.75, margin
+    # 2.2 / 1.8. At lr 5e-3 the AVX512 run overshot (loss 0.693 -> 1.00, accuracy 0.44, margin 0.96):
+    # the tiny model's trajectory depends on the last bits, so the thresholds leave room.
+    assert after["heldout_loss"] < before["heldout_loss"]
     assert after["heldout_margin"] > 0.5
     assert after["heldout_accuracy"] >= 0.6
-    # not asserted: the held-out DPO loss itself, which can rise while the mean margin and the accuracy do
-    # (a few held-out pairs pushed to large negative margins; measured 0.693 -> 0.81 on this tiny model)
     assert after["heldout_logp_accuracy"] >= before["heldout_logp_accuracy"]
 
 
@@ -237,9 +240,10 @@ def test_other_methods_lower_heldout_loss_and_export(ray_cluster, base, data, tm
     s = summary_of(run_dir)
     before, after = s["heldout_before"]["heldout_loss"], s["heldout_after"]["heldout_loss"]
     if method == "p-tuning":
-        # measured on this tiny model: P-tuning's loss stays flat within 40 steps on Ray (4.149 -> 4.167;
-        # 4.21 -> 3.92 in one process with an ordered stream), so only that it trained sanely is checked
-        assert abs(after - before) < 0.5
+        # measured on this tiny model, 40 steps: 4.19 -> 4.11 on an AVX2 CPU, 5.14 -> 3.77 on an AVX512
+        # one (peft starts the virtual tokens from N(0, 1), and where that start lands depends on the
+        # kernels' rounding); so only that it did not get worse is checked
+        assert after < before + 0.05
     else:
         assert after < before
     model_dir = run_dir / "finetune" / "model"
