@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines.allocator import allocator_env
 from pipelines.hardware import cpu_has_native_bf16
 from serving import cpu_binding
 from serving.config import ServeConfig, ServeModelConfig
@@ -266,6 +267,8 @@ def llm_config_dict(
     else:
         config["accelerator_config"] = {"kind": "gpu"}
     env = {k: os.environ[k] for k in _PASS_ENV if os.environ.get(k)}
+    if device == "cpu":  # vLLM's CPU guide: tcmalloc (pipelines/allocator.py), where it is installed
+        env.update(allocator_env("auto"))
     if device == "cpu" and cores:
         env[cpu_binding.ENV_CORES] = str(cores)  # claimed by the replica as it starts (deployments.py)
         env[cpu_binding.ENV_RANKS] = str(engine_ranks(model))

@@ -18,7 +18,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def assets():
     """The prepared asset cache (`make setup`); tests that need it fail loudly when it is missing."""
     from cluster.assets.prepare import check_assets
-
     from pipelines.assets import asset_paths
 
     missing = [name for name, (ok, detail) in check_assets().items() if not ok]

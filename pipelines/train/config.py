@@ -23,11 +23,11 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from pipelines.config_base import SectionConfig
+from pipelines.allocator import AllocatorSection
 from pipelines.parallel.config import ParallelConfig, ParallelSection
 
 
-class PretrainConfig(ParallelSection, SectionConfig):
+class PretrainConfig(ParallelSection, AllocatorSection):
     """Pretraining: Ray Train `TorchTrainer` workers running `deepspeed.initialize`."""
 
     data: str | None = None

@@ -23,13 +23,13 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from pipelines.config_base import SectionConfig
+from pipelines.allocator import AllocatorSection
 from pipelines.parallel.config import ParallelConfig, ParallelSection
 
 PEFT_METHODS = ("lora", "prefix", "p-tuning")
 
 
-class FinetuneConfig(ParallelSection, SectionConfig):
+class FinetuneConfig(ParallelSection, AllocatorSection):
     """Fine-tuning: SFT, DPO, a reward model or RLHF of a causal LM, full or parameter-efficient, as a Ray
     Train job."""
 

@@ -170,6 +170,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import torch.distributed as dist
 
     from pipelines import metrics
+    from pipelines.allocator import loaded_allocator
     from pipelines.models import ModelConfig, Vocab, build_model
     from pipelines.train.checkpoint_integrity import verify_checksums, write_checksums
     from pipelines.train.ds_config import deepspeed_config, make_optimizer, make_scheduler
@@ -361,7 +362,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # ---- the end: memory of every worker, the final checkpoint with the exported model
     _, peak_gb = _memory_gb(on_gpu)
     memory: list[Any] = [None] * world
-    dist.all_gather_object(memory, (peak_gb, memory_base_gb))
+    dist.all_gather_object(memory, (peak_gb, memory_base_gb, loaded_allocator()))
     final = {
         **last,
         "stop_reason": stop_reason,
@@ -371,6 +372,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         "peak_flops": peak_total,
         "memory_peak_gb_per_worker": [m[0] for m in memory],
         "memory_base_gb_per_worker": [m[1] for m in memory],
+        "allocator_per_worker": [m[2] for m in memory],
         "deepspeed_config": ds_config,
     }
     send({"kind": "final", **final})

@@ -82,6 +82,10 @@ def make_trainer(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from pipelines.allocator import allocator_env
+
+    section_name = {"PretrainConfig": "pretrain", "FinetuneConfig": "finetune"}.get(type(section).__name__)
+    env = allocator_env(getattr(section, "allocator", "auto"), f"{section_name or 'worker'}.allocator")
     return TorchTrainer(
         loop_fn,
         train_loop_config=train_config,
@@ -97,6 +101,8 @@ def make_trainer(
             storage_path=checkpoint_root,
             checkpoint_config=CheckpointConfig(num_to_keep=section.keep_checkpoints),
             failure_config=FailureConfig(max_failures=section.max_failures),
+            # the workers' memory allocator (tcmalloc where installed): pipelines/allocator.py
+            worker_runtime_env={"env_vars": env} if env else None,
         ),
         **extra,
     )
@@ -417,6 +423,7 @@ def _summary(
             "peak_flops",
             "memory_peak_gb_per_worker",
             "memory_base_gb_per_worker",
+            "allocator_per_worker",
             "tokens_seen",
             "layout",  # a pipeline/tensor layout's (pipelines/parallel/loop.py)
             "parameters_per_worker",

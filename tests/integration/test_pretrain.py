@@ -90,6 +90,8 @@ def test_decoder_zero2_resumes_on_rerun_and_exports(ray_cluster, tokens, tmp_pat
     assert evals and all(r["heldout_ppl"] > 1 for r in evals)
     assert summary["tokens_per_s"] > 0 and 0 < summary["mfu"] < 1
     assert len(summary["memory_peak_gb_per_worker"]) == 2
+    # the workers run on tcmalloc (`pretrain.allocator: auto`; `make setup` installs it)
+    assert summary["allocator_per_worker"] == ["tcmalloc", "tcmalloc"]
     assert (stage / "loss_curve.png").stat().st_size > 5000
     assert list((stage / "tensorboard").glob("events.out.tfevents.*"))
     kept = [p for p in (run_dir / "checkpoints" / "pretrain").glob("pretrain-*/checkpoint_*") if p.is_dir()]

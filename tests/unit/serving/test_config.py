@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from cluster.config import RecipeError, describe_keys, parse_recipe
+from pipelines.allocator import allocator_env
 from serving.config import ServeConfig, ServeModelConfig
 from serving.planner import GiB, NodeMemory, plan_model
 
@@ -102,7 +103,10 @@ def test_llm_config_for_cpu_carries_the_plan_and_the_2_cpu_placement(smollm2_fol
     kw = d["engine_kwargs"]
     assert kw["kv_cache_memory_bytes"] == plan.kv_cache_bytes and kw["max_num_seqs"] == 8
     assert kw["enable_lora"] is True and kw["max_lora_rank"] == 16 and kw["enforce_eager"] is True
-    assert d["runtime_env"] == {"env_vars": {"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9"}}
+    # the object store's endpoint goes to the replicas, and on CPU tcmalloc (vLLM's CPU guide)
+    want = {"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9", **allocator_env("auto")}
+    assert d["runtime_env"] == {"env_vars": want}
+    assert "libtcmalloc" in d["runtime_env"]["env_vars"]["LD_PRELOAD"]  # `make setup` installs it
     assert d["lora_config"]["dynamic_lora_loading_path"] is None
     gpu = llm_config_dict(model.model_copy(update={"autoscaling": None, "replicas": 2}), plan, "gpu")
     assert gpu["accelerator_config"] == {"kind": "gpu"} and gpu["deployment_config"] == {"num_replicas": 2}

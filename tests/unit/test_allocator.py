@@ -1,0 +1,46 @@
+"""The training workers' allocator (pipelines/allocator.py): what each setting puts into a worker's
+environment, the clear refusal when tcmalloc is asked for and missing, and that a process started with
+that environment really runs on tcmalloc."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipelines import allocator
+from pipelines.allocator import allocator_env, find_tcmalloc, loaded_allocator
+from pipelines.train.config import PretrainConfig
+
+
+def test_system_means_no_preload_and_the_key_is_validated():
+    assert allocator_env("system") == {}
+    assert PretrainConfig().allocator == "auto"
+    with pytest.raises(ValueError, match="allocator"):
+        PretrainConfig(allocator="jemalloc")
+
+
+def test_missing_tcmalloc_is_refused_by_name_or_skipped_by_auto(monkeypatch):
+    monkeypatch.setattr(allocator, "TCMALLOC_PATHS", ("/nonexistent/libtcmalloc_minimal.so.4",))
+    assert find_tcmalloc() is None
+    assert allocator_env("auto") == {}
+    with pytest.raises(ValueError, match=r"pretrain\.allocator: tcmalloc asked for.*libtcmalloc-minimal4"):
+        allocator_env("tcmalloc", "pretrain.allocator")
+
+
+def test_a_process_started_with_the_environment_runs_on_tcmalloc():
+    """`make setup` installs libtcmalloc-minimal4; the child reports what its own process maps."""
+    path = find_tcmalloc()
+    assert path, "libtcmalloc-minimal4 is not installed: run `make setup`"
+    env = allocator_env("auto")
+    assert env["LD_PRELOAD"].split()[0] == path
+    probe = "from pipelines.allocator import loaded_allocator; print(loaded_allocator())"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env={**os.environ, **env}, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "tcmalloc"
+    assert "large alloc" not in out.stderr
+    this = "tcmalloc" if "libtcmalloc" in os.environ.get("LD_PRELOAD", "") else "glibc"
+    assert loaded_allocator() == this
