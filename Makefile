@@ -8,7 +8,8 @@ STAMP := $(VENV)/.raylm-installed
 PYTEST_ARGS ?=
 
 # Debian packages the test suite uses (Prometheus for the monitoring test, Chromium to open the run report
-# in a real browser) and tcmalloc, the training workers' allocator (pipelines/allocator.py). The asset step installs its own (WordNet, the text packages) the same way.
+# in a real browser) and tcmalloc, the allocator of the training workers and CPU vLLM replicas
+# (pipelines/allocator.py). The asset step installs its own (WordNet, the text packages) the same way.
 SYSTEM_PACKAGES := prometheus chromium libtcmalloc-minimal4
 
 .PHONY: setup venv system-deps assets quickstart test lint doctor clean-runs

@@ -31,7 +31,7 @@ TCMALLOC_PATHS = (
 
 
 class AllocatorSection(SectionConfig):
-    """Settings of the training worker processes shared by `pretrain` and `finetune`."""
+    """The `allocator` key that `pretrain` and `finetune` share (their Ray Train workers)."""
 
     allocator: Allocator = "auto"
     """Memory allocator of the Ray Train worker processes. auto: tcmalloc where the driver's node has

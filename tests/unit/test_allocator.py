@@ -1,4 +1,4 @@
-"""The training workers' allocator (pipelines/allocator.py): what each setting puts into a worker's
+"""The compute processes' allocator (pipelines/allocator.py): what each setting puts into a worker's
 environment, the clear refusal when tcmalloc is asked for and missing, and that a process started with
 that environment really runs on tcmalloc."""
 
