@@ -111,9 +111,17 @@ def make_trainer(
 def check_layout(
     pretrain: PretrainConfig, resources: dict[str, float] | None, section: str = "pretrain"
 ) -> list[str]:
-    """Workers, CPUs and GPUs against the cluster; ZeRO against the layout. `pretrain` is any section with
+    """Workers, CPUs and GPUs against the cluster; ZeRO against the layout; an `allocator: tcmalloc` this
+    node cannot give. `pretrain` is any section with
     num_workers, use_gpu, cpus_per_worker and precision (the finetune section too); `section` names it."""
     problems = []
+    if getattr(pretrain, "allocator", "auto") == "tcmalloc":  # the library on this (the driver's) node
+        from pipelines.allocator import allocator_env
+
+        try:
+            allocator_env("tcmalloc", f"{section}.allocator")
+        except ValueError as exc:
+            problems.append(str(exc))
     if resources is None:
         return problems
     gpus = resources.get("GPU", 0)

@@ -30,6 +30,20 @@ def test_missing_tcmalloc_is_refused_by_name_or_skipped_by_auto(monkeypatch):
         allocator_env("tcmalloc", "pretrain.allocator")
 
 
+def test_a_recipe_asking_for_a_missing_tcmalloc_is_refused_before_workers_start(monkeypatch):
+    """The stage's pre-flight check (`check_layout`, run for pretrain and finetune once Ray is up)."""
+    from pipelines.train.finetune_config import FinetuneConfig
+    from pipelines.train.stage import check_layout
+
+    assert check_layout(PretrainConfig(allocator="tcmalloc"), {"CPU": 2.0}) == []  # installed here
+    monkeypatch.setattr(allocator, "TCMALLOC_PATHS", ("/nonexistent/libtcmalloc_minimal.so.4",))
+    (problem,) = check_layout(PretrainConfig(allocator="tcmalloc"), {"CPU": 2.0})
+    assert problem.startswith("pretrain.allocator: tcmalloc asked for")
+    cfg = FinetuneConfig(base="b", data=["d.jsonl"], allocator="tcmalloc")
+    assert check_layout(cfg, None, "finetune")[0].startswith("finetune.allocator: tcmalloc asked for")
+    assert check_layout(PretrainConfig(allocator="auto"), {"CPU": 2.0}) == []  # auto falls back to glibc
+
+
 def test_a_process_started_with_the_environment_runs_on_tcmalloc():
     """`make setup` installs libtcmalloc-minimal4; the child reports what its own process maps."""
     path = find_tcmalloc()
