@@ -2,9 +2,11 @@
 
 One run, one model, one workload, three systems, each measured alone (never two at once):
   (a) vllm:   vLLM's own OpenAI server (`python -m vllm.entrypoints.openai.api_server`), with the engine
-              arguments raylm's planner chose;
-  (b) raylm:  `serving.app` on an embedded 2-CPU Ray (Ray Serve LLM over the same vLLM engine), same
-              engine arguments, through its OpenAI API;
+              arguments raylm's planner chose and its engine threads on the cores raylm pins
+              (`--vllm-auto-bind`: vLLM's own binding);
+  (b) raylm:  `serving.app` on an embedded 2-CPU Ray (Ray Serve LLM over the same vLLM engine, behind
+              Serve's HAProxy ingress: `cluster.serve_ingress`), same engine arguments, through its
+              OpenAI API;
   (c) transformers: the baseline a user would write: `model.generate` on left-padded batches of up to
               `concurrency` requests taken from the queue (static batching), in this process.
 
@@ -452,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
         help="dtype of all three systems (default: raylm's choice: fp32 on a CPU without native bf16)",
     )
     p.add_argument("--compile", action="store_true", help="let vLLM torch.compile (default: enforce_eager)")
+    p.add_argument("--vllm-auto-bind", action="store_true",
+                   help="vLLM alone with its own `auto` CPU binding instead of raylm's cores")
     p.add_argument("--no-tcmalloc", action="store_true", help="do not LD_PRELOAD tcmalloc into vLLM")
     p.add_argument(
         "--hf-threads",
@@ -543,6 +547,13 @@ def main(argv: list[str] | None = None) -> int:
     engine_args = {**plan.engine_args(), **engine_extra}
     dtype = engine_args.get("dtype", "bfloat16")  # vLLM's auto for this bf16 checkpoint
     tcmalloc = not args.no_tcmalloc and Path(TCMALLOC).exists()
+    # vLLM alone runs on the same cores raylm pins its replica's engine threads to (the first
+    # `cpu_cores` of the node), unless --env says otherwise or --vllm-auto-bind asks for vLLM's own
+    # `auto` binding (one core for the scheduler, the OpenMP threads on the rest of the NUMA node).
+    vllm_env = dict(extra_env)
+    cores = app_plan.cpu_cores.get(MODEL_NAME)
+    if cores and not args.vllm_auto_bind and "VLLM_CPU_OMP_THREADS_BIND" not in vllm_env:
+        vllm_env["VLLM_CPU_OMP_THREADS_BIND"] = f"0-{cores - 1}" if cores > 1 else "0"
     print(f"engine args: {engine_args} (tcmalloc: {tcmalloc})", flush=True)
 
     measurements: list[Measurement] = []
@@ -591,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
     if "vllm" in systems:
         port = free_port()
         t0 = time.perf_counter()
-        proc = start_vllm_server(model_path, engine_args, port, logs / "vllm.log", tcmalloc, extra_env)
+        proc = start_vllm_server(model_path, engine_args, port, logs / "vllm.log", tcmalloc, vllm_env)
         try:
             url = f"http://127.0.0.1:{port}/v1"
             wait_http(url, 900, proc)
@@ -686,7 +697,8 @@ def main(argv: list[str] | None = None) -> int:
             "poisson_rate_rps": {c: round(r, 4) for c, r in rates.items()},
             "seed": args.seed,
         },
-        "engine": {"args": engine_args, "tcmalloc": tcmalloc, "model": model_path, "env": extra_env},
+        "engine": {"args": engine_args, "tcmalloc": tcmalloc, "model": model_path, "env": extra_env,
+                   "vllm_env": vllm_env},
         "startup_s": startup,
         "memory": memory,
         "kv_cache": kv,

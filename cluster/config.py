@@ -13,7 +13,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError
@@ -45,6 +45,10 @@ class ClusterConfig(SectionConfig):
     """Dashboard port for the embedded local Ray."""
     namespace: str = "raylm"
     """Ray namespace the run's named actors live in."""
+    serve_ingress: Literal["haproxy", "proxy"] = "haproxy"
+    """How HTTP reaches a served app on the embedded local Ray: `haproxy` (Ray Serve's HAProxy ingress
+    and throughput mode; its stats and metrics listeners on 127.0.0.1) or `proxy` (Serve's Python proxy
+    actor). Set when the embedded Ray starts; a running cluster (`address`) keeps its own setting."""
     storage: str | None = None
     """Storage every node of a cluster sees (a shared path such as `/mnt/cluster/raylm`, or
     `s3://bucket/raylm`). A run sent with `raylm submit` writes to `<storage>/<name>` unless `run_dir`

@@ -206,6 +206,15 @@ def rayservice(cfg: Recipe, model: str, namespace: str | None = None, model_id: 
     in place; an update of the cluster (image, shape) brings up a new cluster, moves traffic once it is
     ready and then deletes the old one (`upgradeStrategy: NewCluster`): no downtime either way."""
     name = k8s_name(cfg.name)
+    spec = cluster_spec(**shape)
+    if cfg.cluster.serve_ingress == "haproxy":
+        # Serve's processes read the switches at start-up: every pod gets them (serving/ingress.py).
+        # HAProxy's stats/metrics ports stay Ray's defaults, reachable only inside the pod network.
+        from serving.ingress import THROUGHPUT_ENV
+
+        groups = [spec["headGroupSpec"], *spec.get("workerGroupSpecs", [])]
+        for container in (c for g in groups for c in g["template"]["spec"]["containers"]):
+            container["env"] += [{"name": k, "value": v} for k, v in THROUGHPUT_ENV.items()]
     return [{
         "apiVersion": API_VERSION,
         "kind": "RayService",
@@ -213,7 +222,7 @@ def rayservice(cfg: Recipe, model: str, namespace: str | None = None, model_id: 
         "spec": {
             "upgradeStrategy": {"type": "NewCluster"},
             "serveConfigV2": yaml.safe_dump(serve_config(cfg, model, model_id), sort_keys=False),
-            "rayClusterConfig": cluster_spec(**shape),
+            "rayClusterConfig": spec,
         },
     }]
 

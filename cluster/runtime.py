@@ -117,11 +117,14 @@ def ray_session(
     dashboard_host: str = "127.0.0.1",
     dashboard_port: int = 8265,
     namespace: str = "raylm",
+    serve_ingress: str = "haproxy",
 ) -> Iterator[dict]:
     """Connect to Ray for the duration of a `with` block; yields `ray.cluster_resources()`.
 
     Starts (and afterwards stops) an embedded local Ray when no address is given; if Ray is already
-    initialised in this process it is reused and left running.
+    initialised in this process it is reused and left running. An embedded Ray gets Ray Serve's
+    `serve_ingress` mode (`serving/ingress.py`: HAProxy and the throughput switches, or Serve's Python
+    proxy); a running cluster keeps its own.
     """
     import ray
 
@@ -131,6 +134,7 @@ def ray_session(
     side = isolate_side_files()
     address = resolve_address(address)
     kwargs: dict = {"namespace": namespace, "log_to_driver": True, "configure_logging": True}
+    applied: dict[str, str] = {}
     if address is None:
         # Embedded local Ray. Ray 2.60 turns token auth on by default and keeps the token in
         # ~/.ray/auth_token (a run died when that file vanished, OFFLINE.md). Keep auth on, but with a
@@ -150,6 +154,9 @@ def ray_session(
             dashboard_port=dashboard_port,
             _temp_dir=str(side.ray_temp),
         )
+        from serving.ingress import apply_ingress_env
+
+        applied = apply_ingress_env(serve_ingress, side.scratch)  # Serve's processes read it at start
         if object_store_memory_gb:
             kwargs["object_store_memory"] = int(object_store_memory_gb * 1024**3)
         if not dashboard:  # no State API server: quiet what polls it (cluster/worker_setup.py)
@@ -158,8 +165,12 @@ def ray_session(
     else:
         check_reachable(address)
         kwargs["address"] = address
-    ray.init(**kwargs)
     try:
-        yield ray.cluster_resources()
+        ray.init(**kwargs)
+        try:
+            yield ray.cluster_resources()
+        finally:
+            ray.shutdown()
     finally:
-        ray.shutdown()
+        for key in applied:  # the next session in this process chooses again
+            os.environ.pop(key, None)

@@ -111,6 +111,7 @@ def serve(
         c.dashboard_host,
         c.dashboard_port,
         c.namespace,
+        c.serve_ingress,
     ):
         from ray import serve as ray_serve
 

@@ -119,6 +119,20 @@ def test_models_lists_the_base_and_its_adapters(client):
     assert ids == {"smollm2", "smollm2:local", "smollm2:s3"}
 
 
+def test_http_goes_through_haproxy_whose_listeners_are_all_on_loopback(served):
+    """cluster.serve_ingress defaults to haproxy (serving/ingress.py): the app's port belongs to HAProxy,
+    not to Serve's Python proxy, and none of its listeners (stats, Prometheus) face other hosts."""
+    import psutil
+
+    port = served["cfg"].port
+    owners = {c.pid for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == port}
+    assert len(owners) >= 1
+    for pid in owners:
+        assert "haproxy" in psutil.Process(pid).name(), psutil.Process(pid).cmdline()
+        binds = {c.laddr.ip for c in psutil.Process(pid).net_connections("tcp") if c.status == "LISTEN"}
+        assert binds == {"127.0.0.1"}, binds
+
+
 def test_completions_and_chat_with_the_openai_client(client):
     done = client.completions.create(model="smollm2", prompt=PROMPT, max_tokens=12, temperature=0)
     assert done.choices[0].text.strip() and done.usage.completion_tokens == 12
