@@ -12,7 +12,8 @@ calls `apply_ingress_env` for the recipe's `cluster.serve_ingress`):
 
 Why it matters here: on a CPU node the Python proxy's per-chunk work runs on the cores the engine's
 OpenMP threads are pinned to, and an OpenMP step waits for its slowest thread. On the 2-core dev VM
-(docs/serving.md) the mixed workload at concurrency 32 went from 265.8 (proxy) to 320.3 output tok/s.
+(docs/serving.md, raylm alone, mixed workload, concurrency 32) the Python proxy with the throughput
+switches gave 265.8 output tok/s, HAProxy 320.3.
 
 Two things raylm adds on top of Ray's switches:
 - `RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=1`: the throughput mode routes handle calls on the caller's
