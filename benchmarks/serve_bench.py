@@ -39,7 +39,6 @@ import json
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -52,7 +51,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import LoadSampler, machine  # noqa: E402
-from cluster.runtime import isolate_side_files  # noqa: E402
+from cluster.runtime import free_port, isolate_side_files  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 MODEL_NAME = "smollm2"
@@ -305,10 +304,6 @@ def choose_threads(model, tok, stream: list[int], setting: str) -> dict:
     return {"threads": best, "chosen": "auto (fastest on calibration)", "calibration_s": timings}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def engine_env(tcmalloc: bool, extra: dict[str, str] | None = None) -> dict[str, str]:

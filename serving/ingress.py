@@ -32,10 +32,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import stat
 from pathlib import Path
 from typing import Literal
+
+from cluster.runtime import free_port
 
 IngressMode = Literal["haproxy", "proxy"]
 
@@ -74,10 +75,6 @@ def haproxy_binary() -> str | None:
         return shutil.which("haproxy")
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def write_wrapper(folder: Path, binary: str) -> Path:

@@ -11,7 +11,6 @@ reference see the same data: global batch s, micro-batch m of data-parallel repl
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from cluster.runtime import free_port
 from pipelines.parallel.layout import Layout
 
 
@@ -129,10 +129,6 @@ def configs(spec: RunSpec, layout: Layout, override: dict[str, Any] | None = Non
     return ModelConfig.model_validate(spec.model), PretrainConfig.model_validate(pretrain)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, spec: RunSpec, port: int, out_dir: str) -> None:
@@ -237,7 +233,7 @@ def run_layouts(spec: RunSpec) -> dict[str, list[dict[str, Any]]]:
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory(prefix="raylm-parallel-") as out_dir:
-        mp.spawn(_worker, args=(spec, _free_port(), out_dir), nprocs=spec.world, join=True)
+        mp.spawn(_worker, args=(spec, free_port(), out_dir), nprocs=spec.world, join=True)
         out: dict[str, list[dict[str, Any]]] = {}
         for r in range(spec.world):
             with open(os.path.join(out_dir, f"rank{r}.pkl"), "rb") as f:

@@ -13,14 +13,13 @@ peft, the planner's KV capacity against the engine's, metrics on Ray's metrics e
 from __future__ import annotations
 
 import json
-import socket
 import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from cluster.runtime import isolate_side_files, ray_session
+from cluster.runtime import free_port, isolate_side_files, ray_session
 from pipelines.assets import asset_paths
 from tests.reliability.api_fuzz import BODY_TIMEOUT_S, check_hostile_requests
 from tests.s3_server import local_s3
@@ -33,10 +32,6 @@ CHAT = [{"role": "user", "content": "What is the capital of France?"}]
 HTTP_TIMEOUT = 120  # every request must answer well within this: a hung connection fails the test
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _make_adapter(base: Path, out: Path) -> None:
@@ -73,7 +68,7 @@ def served(tmp_path_factory):
         from serving.config import ServeConfig
 
         cfg = ServeConfig.model_validate({
-            "port": _free_port(),
+            "port": free_port(),
             "api_keys": [KEY],
             "request_body_timeout_s": BODY_TIMEOUT_S,  # the fuzz's slow client must get its 408 soon
             "models": [{

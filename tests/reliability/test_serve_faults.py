@@ -9,14 +9,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import time
 
 import httpx
 import psutil
 import pytest
 
-from cluster.runtime import ray_session
+from cluster.runtime import free_port, ray_session
 from tests.reliability.results import record_result
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -25,10 +24,6 @@ REQUESTS, CONCURRENCY, KILL_AFTER = 200, 16, 60
 TIMEOUT_S = 120.0  # a request still unanswered after this counts as hung
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _replica_pids() -> list[int]:
@@ -113,7 +108,7 @@ def test_killing_a_replica_under_load_fails_only_its_requests_and_it_comes_back(
 
     cfg = ServeConfig.model_validate(
         {
-            "port": _free_port(),
+            "port": free_port(),
             "models": [
                 {
                     "name": "smollm2",
