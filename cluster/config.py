@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
+from pipelines.allocator import ArrowPool
 from pipelines.compress.config import CompressConfig
 from pipelines.config_base import SectionConfig
 from pipelines.data.config import DataConfig, TokenizerConfig
@@ -49,6 +50,11 @@ class ClusterConfig(SectionConfig):
     """How HTTP reaches a served app on the embedded local Ray: `haproxy` (Ray Serve's HAProxy ingress
     and throughput mode; its stats and metrics listeners on 127.0.0.1) or `proxy` (Serve's Python proxy
     actor). Set when the embedded Ray starts; a running cluster (`address`) keeps its own setting."""
+    arrow_memory_pool: ArrowPool = "auto"
+    """Memory pool of Arrow (Ray Data's blocks) in the embedded Ray's processes: auto (jemalloc where
+    pyarrow has it: it gives freed pages back, where Arrow's default mimalloc kept a data run's workers
+    near their peak), jemalloc, mimalloc or system. `ARROW_DEFAULT_MEMORY_POOL` in the environment
+    wins; `raylm k8s` manifests set it in every pod; other running clusters keep their own."""
     storage: str | None = None
     """Storage every node of a cluster sees (a shared path such as `/mnt/cluster/raylm`, or
     `s3://bucket/raylm`). A run sent with `raylm submit` writes to `<storage>/<name>` unless `run_dir`

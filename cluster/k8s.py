@@ -12,6 +12,7 @@ schemas with unknown fields refused, as the API server does with strict field va
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -229,6 +230,31 @@ def rayservice(cfg: Recipe, model: str, namespace: str | None = None, model_id: 
 
 def manifests(kind: str, cfg: Recipe, recipe_text: str, overrides: list[str] | tuple[str, ...] = (),
               namespace: str | None = None, model: str | None = None, **shape) -> list[dict]:
+    from pipelines.allocator import arrow_pool_env
+
+    # Arrow's memory pool is chosen when a process first allocates: every pod's Ray processes get it
+    docs = _manifests(kind, cfg, recipe_text, overrides, namespace, model, **shape)
+    env = arrow_pool_env(cfg.cluster.arrow_memory_pool)
+    for container in _containers(docs):
+        container["env"] += [{"name": k, "value": v} for k, v in env.items()]  # no shared YAML anchors
+    return docs
+
+
+def _containers(node: Any) -> Iterator[dict]:
+    """Every container spec in a manifest tree."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "containers":
+                yield from value
+            else:
+                yield from _containers(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _containers(item)
+
+
+def _manifests(kind: str, cfg: Recipe, recipe_text: str, overrides: list[str] | tuple[str, ...] = (),
+               namespace: str | None = None, model: str | None = None, **shape) -> list[dict]:
     if kind == "raycluster":
         return raycluster(cfg, namespace, **shape)
     if kind == "rayjob":

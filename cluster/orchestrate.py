@@ -61,7 +61,7 @@ def run_recipe(
         return results
     c = cfg.cluster
     with ray_session(c.address, c.num_cpus, c.object_store_memory_gb, c.dashboard, c.dashboard_host,
-                     c.dashboard_port, c.namespace, c.serve_ingress) as resources:
+                     c.dashboard_port, c.namespace, c.serve_ingress, c.arrow_memory_pool) as resources:
         log(f"Ray: {int(resources.get('CPU', 0))} CPUs, {int(resources.get('GPU', 0))} GPUs; "
             f"run folder {folder.root}")
         for i, plan in enumerate(plans, 1):

@@ -125,13 +125,14 @@ def ray_session(
     dashboard_port: int = 8265,
     namespace: str = "raylm",
     serve_ingress: str = "haproxy",
+    arrow_memory_pool: str = "auto",
 ) -> Iterator[dict]:
     """Connect to Ray for the duration of a `with` block; yields `ray.cluster_resources()`.
 
     Starts (and afterwards stops) an embedded local Ray when no address is given; if Ray is already
     initialised in this process it is reused and left running. An embedded Ray gets Ray Serve's
     `serve_ingress` mode (`serving/ingress.py`: HAProxy and the throughput switches, or Serve's Python
-    proxy); a running cluster keeps its own.
+    proxy) and `arrow_memory_pool` (`pipelines/allocator.py`); a running cluster keeps its own.
     """
     import ray
 
@@ -164,6 +165,11 @@ def ray_session(
         from serving.ingress import apply_ingress_env
 
         applied = apply_ingress_env(serve_ingress, side.scratch)  # Serve's processes read it at start
+        from pipelines.allocator import arrow_pool_env
+
+        for key, value in arrow_pool_env(arrow_memory_pool).items():  # Ray's processes inherit it
+            if key not in os.environ:
+                os.environ[key] = applied[key] = value
         if object_store_memory_gb:
             kwargs["object_store_memory"] = int(object_store_memory_gb * 1024**3)
         if not dashboard:  # no State API server: quiet what polls it (cluster/worker_setup.py)

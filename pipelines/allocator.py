@@ -1,4 +1,5 @@
-"""The memory allocator of raylm's compute processes (Ray Train workers, vLLM replicas on CPU).
+"""The memory allocators of raylm's compute processes: glibc's or tcmalloc for Ray Train workers and vLLM
+replicas on CPU, and the pool Arrow (Ray Data's blocks) allocates from in every Ray worker.
 
 Why: a training step frees and re-allocates the same large activation and gradient buffers every
 micro-batch. glibc's malloc serves buffers above its mmap threshold (32 MiB at most) with fresh `mmap`s
@@ -20,6 +21,8 @@ from typing import Literal
 from pipelines.config_base import SectionConfig
 
 Allocator = Literal["auto", "tcmalloc", "system"]
+ArrowPool = Literal["auto", "jemalloc", "mimalloc", "system"]
+ARROW_POOL_VAR = "ARROW_DEFAULT_MEMORY_POOL"  # Arrow reads it when a process first allocates
 
 # Debian/Ubuntu's libtcmalloc-minimal4 (what `make setup` and the images install), then other layouts.
 TCMALLOC_PATHS = (
@@ -71,3 +74,30 @@ def loaded_allocator() -> str:
     except OSError:
         return "unknown"
     return "tcmalloc" if "libtcmalloc" in maps else "glibc"
+
+
+# Why Arrow's pool matters: pyarrow's wheels allocate from mimalloc by default. In the data stage's
+# passes over a Parquet checkpoint, Ray Data's reader decodes up to a block (128 MiB) at a time on
+# Arrow's threads and the task frees the buffers on its own thread; mimalloc kept those pages, so a Ray
+# worker grew to 1.0-1.5 GB at 800k documents while Arrow reported 126 MB allocated, and the stage's
+# peak grew from 2.1 GB at 200k documents to 3.8-4.3 GB at 800k. jemalloc, which pyarrow also ships
+# and which returns freed pages after a decay time, gave 1.7-1.8 and 2.6 GB, and the 800k run was no
+# slower (147-165 s against 153-173 s; docs/data.md, "Where the memory goes"). A pool is chosen when a
+# process first allocates, so it goes into the environment of the Ray processes, like the allocator
+# above.
+
+
+def arrow_pool_env(pool: ArrowPool, key: str = "cluster.arrow_memory_pool") -> dict[str, str]:
+    """`{ARROW_DEFAULT_MEMORY_POOL: ...}` for new Ray processes; {} keeps Arrow's default. auto: jemalloc
+    where this pyarrow build has it. `key` names the recipe key in the error for a pool it lacks."""
+    import pyarrow as pa
+
+    available = pa.supported_memory_backends()
+    if pool == "auto":
+        return {ARROW_POOL_VAR: "jemalloc"} if "jemalloc" in available else {}
+    if pool not in available:
+        raise ValueError(
+            f"{key}: {pool} asked for, but this pyarrow build has only {', '.join(available)} "
+            f"(set {key}: auto)"
+        )
+    return {ARROW_POOL_VAR: pool}

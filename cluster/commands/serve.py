@@ -112,6 +112,7 @@ def serve(
         c.dashboard_port,
         c.namespace,
         c.serve_ingress,
+        c.arrow_memory_pool,
     ):
         from ray import serve as ray_serve
 

@@ -24,12 +24,16 @@ def test_embedded_ray_starts_with_side_files_inside_raylm_and_stops():
         def env_of_worker():
             import logging
 
+            import pyarrow as pa
+
             from cluster.worker_setup import _CLEANER_LOGGER
 
             level = logging.getLogger(_CLEANER_LOGGER).level  # set by the session's worker set-up hook
-            return os.environ["TMPDIR"], os.environ["VLLM_CACHE_ROOT"], os.environ["NLTK_DATA"], level
+            pool = pa.default_memory_pool().backend_name
+            return os.environ["TMPDIR"], os.environ["VLLM_CACHE_ROOT"], os.environ["NLTK_DATA"], level, pool
 
-        tmpdir, vllm_cache, nltk_data, level = ray.get(env_of_worker.remote())
+        tmpdir, vllm_cache, nltk_data, level, pool = ray.get(env_of_worker.remote())
+        assert pool == "jemalloc"  # cluster.arrow_memory_pool: auto (pipelines/allocator.py)
         # no dashboard, no State API: Ray Train's once-a-second "Failed to query" warning is quieted
         assert level == 40
         assert tmpdir == str(side.scratch) and vllm_cache.startswith(str(side.cache))
@@ -37,6 +41,7 @@ def test_embedded_ray_starts_with_side_files_inside_raylm_and_stops():
         # token auth stays on, with a per-process token that is not written to ~/.ray
         assert os.environ.get("RAY_AUTH_MODE") == "token"
     assert not ray.is_initialized()
+    assert "ARROW_DEFAULT_MEMORY_POOL" not in os.environ  # the next session chooses again
 
 
 def test_session_is_reused_when_ray_is_already_up():

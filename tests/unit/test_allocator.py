@@ -58,3 +58,36 @@ def test_a_process_started_with_the_environment_runs_on_tcmalloc():
     assert "large alloc" not in out.stderr
     this = "tcmalloc" if "libtcmalloc" in os.environ.get("LD_PRELOAD", "") else "glibc"
     assert loaded_allocator() == this
+
+
+def test_arrow_pool_setting_and_its_refusal(monkeypatch):
+    import pyarrow as pa
+
+    from cluster.config import ClusterConfig
+    from pipelines.allocator import ARROW_POOL_VAR, arrow_pool_env
+
+    assert ClusterConfig().arrow_memory_pool == "auto"
+    with pytest.raises(ValueError, match="arrow_memory_pool"):
+        ClusterConfig(arrow_memory_pool="tcmalloc")
+    assert "jemalloc" in pa.supported_memory_backends(), "pyarrow's Linux wheels ship jemalloc"
+    assert arrow_pool_env("auto") == {ARROW_POOL_VAR: "jemalloc"}
+    assert arrow_pool_env("mimalloc") == {ARROW_POOL_VAR: "mimalloc"}
+    monkeypatch.setattr(pa, "supported_memory_backends", lambda: ["mimalloc", "system"])
+    assert arrow_pool_env("auto") == {}  # a build without jemalloc keeps Arrow's default
+    with pytest.raises(ValueError, match=r"cluster\.arrow_memory_pool: jemalloc asked for.*mimalloc, system"):
+        arrow_pool_env("jemalloc")
+
+
+def test_a_process_started_with_the_arrow_pool_environment_allocates_from_it():
+    from pipelines.allocator import arrow_pool_env
+
+    probe = "import pyarrow as pa; pa.array(range(1000)); print(pa.default_memory_pool().backend_name)"
+    for pool in ("auto", "system"):
+        out = subprocess.run(
+            [sys.executable, "-c", probe],
+            env={**os.environ, **arrow_pool_env(pool)},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert out.stdout.strip() == ("jemalloc" if pool == "auto" else "system")

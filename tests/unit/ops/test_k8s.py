@@ -49,6 +49,24 @@ def test_raycluster_autoscales_with_auth_and_cpu_gpu_groups(schemas):
     assert gpu["resources"]["limits"]["nvidia.com/gpu"] == 1 and "gpu" in gpu["image"]
 
 
+@pytest.mark.parametrize("kind", ["raycluster", "rayjob", "rayservice"])
+def test_every_pod_gets_the_arrow_memory_pool(kind):
+    containers = [
+        c
+        for doc in _docs(kind)
+        if doc["kind"] != "ConfigMap"
+        for group in [doc["spec"].get("rayClusterSpec") or doc["spec"].get("rayClusterConfig") or doc["spec"]]
+        for g in [group["headGroupSpec"], *group["workerGroupSpecs"]]
+        for c in g["template"]["spec"]["containers"]
+    ]
+    assert len(containers) == 3  # head, CPU workers, GPU workers
+    for c in containers:
+        assert {"name": "ARROW_DEFAULT_MEMORY_POOL", "value": "jemalloc"} in c["env"]
+    system = parse_recipe(RECIPE + "  arrow_memory_pool: system\n")
+    text = yaml.safe_dump_all(manifests(kind, system, RECIPE, model="s3://b/m"))
+    assert text.count("value: system") == 3 and "jemalloc" not in text
+
+
 def test_rayjob_runs_the_recipe_and_deletes_its_cluster(schemas):
     docs = _docs("rayjob")
     configmap, job = _only(docs, "ConfigMap"), _only(docs, "RayJob")
