@@ -234,7 +234,10 @@ def manifests(kind: str, cfg: Recipe, recipe_text: str, overrides: list[str] | t
 
     # Arrow's memory pool is chosen when a process first allocates: every pod's Ray processes get it
     docs = _manifests(kind, cfg, recipe_text, overrides, namespace, model, **shape)
-    env = arrow_pool_env(cfg.cluster.arrow_memory_pool)
+    try:
+        env = arrow_pool_env(cfg.cluster.arrow_memory_pool)
+    except ValueError as exc:
+        raise ManifestError(str(exc)) from None
     for container in _containers(docs):
         container["env"] += [{"name": k, "value": v} for k, v in env.items()]  # no shared YAML anchors
     return docs

@@ -94,6 +94,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def setdefault_env(env: dict[str, str]) -> dict[str, str]:
+    """Put `env` into this process's environment (inherited by the Ray it starts next), except variables
+    already set, which win. Returns what was set, for the caller to remove afterwards."""
+    applied = {k: v for k, v in env.items() if k not in os.environ}
+    os.environ.update(applied)
+    return applied
+
+
 class RayUnreachable(ConnectionError):
     """No Ray cluster answers at the given address."""
 
@@ -162,14 +170,11 @@ def ray_session(
             dashboard_port=dashboard_port,
             _temp_dir=str(side.ray_temp),
         )
+        from pipelines.allocator import arrow_pool_env
         from serving.ingress import apply_ingress_env
 
         applied = apply_ingress_env(serve_ingress, side.scratch)  # Serve's processes read it at start
-        from pipelines.allocator import arrow_pool_env
-
-        for key, value in arrow_pool_env(arrow_memory_pool).items():  # Ray's processes inherit it
-            if key not in os.environ:
-                os.environ[key] = applied[key] = value
+        applied |= setdefault_env(arrow_pool_env(arrow_memory_pool))  # Arrow's, at a process' first use
         if object_store_memory_gb:
             kwargs["object_store_memory"] = int(object_store_memory_gb * 1024**3)
         if not dashboard:  # no State API server: quiet what polls it (cluster/worker_setup.py)

@@ -30,13 +30,12 @@ its head and worker pods (docs/serving.md).
 
 from __future__ import annotations
 
-import os
 import shutil
 import stat
 from pathlib import Path
 from typing import Literal
 
-from cluster.runtime import free_port
+from cluster.runtime import free_port, setdefault_env
 
 IngressMode = Literal["haproxy", "proxy"]
 
@@ -113,9 +112,4 @@ def apply_ingress_env(mode: IngressMode, scratch: Path) -> dict[str, str]:
 
     Variables already set win: `RAY_SERVE_ENABLE_HA_PROXY=0` in the shell turns HAProxy off for one run.
     Returns what was set."""
-    applied = {}
-    for key, value in ingress_env(mode, scratch).items():
-        if key not in os.environ:
-            os.environ[key] = value
-            applied[key] = value
-    return applied
+    return setdefault_env(ingress_env(mode, scratch))

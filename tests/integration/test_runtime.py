@@ -12,7 +12,8 @@ from cluster.runtime import RayUnreachable, isolate_side_files, ray_session, res
 pytestmark = pytest.mark.ray
 
 
-def test_embedded_ray_starts_with_side_files_inside_raylm_and_stops():
+def test_embedded_ray_starts_with_side_files_inside_raylm_and_stops(monkeypatch):
+    monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)  # a shell's own choice would win
     side = isolate_side_files()
     assert not ray.is_initialized()
     with ray_session(num_cpus=2) as resources:

@@ -67,6 +67,15 @@ def test_every_pod_gets_the_arrow_memory_pool(kind):
     assert text.count("value: system") == 3 and "jemalloc" not in text
 
 
+def test_an_arrow_pool_pyarrow_lacks_is_refused_by_key(monkeypatch):
+    import pyarrow as pa
+
+    monkeypatch.setattr(pa, "supported_memory_backends", lambda: ["mimalloc", "system"])
+    cfg = parse_recipe(RECIPE + "  arrow_memory_pool: jemalloc\n")
+    with pytest.raises(ManifestError, match=r"cluster\.arrow_memory_pool: jemalloc asked for"):
+        manifests("raycluster", cfg, RECIPE)
+
+
 def test_rayjob_runs_the_recipe_and_deletes_its_cluster(schemas):
     docs = _docs("rayjob")
     configmap, job = _only(docs, "ConfigMap"), _only(docs, "RayJob")
