@@ -34,6 +34,14 @@ from benchmarks.common import LoadSampler, machine  # noqa: E402
 METHODS = [  # the methods new in this run first: a run stopped early keeps them (see `partial`)
     {"method": "quantize", "scheme": "W8A8", "smoothing": 0.5},
     {"method": "quantize", "scheme": "W8A8", "smoothing": 0.5, "embedding_storage": "float8"},
+    {
+        "method": "quantize",
+        "name": "quantize-w8a8-sq-emb8-nearest",
+        "scheme": "W8A8",
+        "smoothing": 0.5,
+        "embedding_storage": "float8",
+        "embedding_rounding": "nearest",
+    },
     {"method": "low_rank", "name": "low_rank-r192", "rank": 192},
     {"method": "low_rank", "name": "low_rank-data_aware-r192", "rank": 192, "data_aware": True},
     {"method": "weight_share", "group_size": 2, "recovery_steps": 20},
@@ -46,8 +54,8 @@ METHODS = [  # the methods new in this run first: a run stopped early keeps them
 # W8A8+SQ, W4A16, Wanda, layer dropping without recovery: a few minutes on 2 cores
 QUICK = [
     METHODS[0],
+    METHODS[10],
     METHODS[9],
-    METHODS[8],
     {"method": "prune_structured", "name": "drop_layers-6", "drop_layers": 6},
 ]
 

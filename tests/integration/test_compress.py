@@ -38,10 +38,10 @@ name: compress-it
 run_dir: {run}
 compress:
   base: assets:models/SmolLM2-135M-Instruct
-  eval_tokens: 512
+  eval_tokens: 4096  # the benchmark's: on 512 tokens a 2% budget is within the noise (1.022 there)
   gen_tokens: 8
   methods:
-    - {{method: quantize, scheme: W8A8, embedding_storage: float8}}
+    - {{method: quantize, scheme: W8A8, smoothing: 0.5, embedding_storage: float8}}
     - {{method: quantize, scheme: W4A16, group_size: 64}}
     - {{method: prune_structured, heads_per_group: 1, mlp_fraction: 0.25, importance: magnitude}}
 """
@@ -72,12 +72,13 @@ def test_reference_model_compressed_loads_in_vllm(tmp_path):
     result = folder.run_stage(p.name, p.config, p.inputs, p.body)
     base = result.manifest.metrics["base"]
     out = Path(result.folder)
-    w8 = read_manifest(str(out / "quantize-w8a8-emb8")).metrics
+    w8 = read_manifest(str(out / "quantize-w8a8-sq-emb8")).metrics
     w4 = read_manifest(str(out / "quantize-w4a16")).metrics
     pruned = read_manifest(str(out / "prune_structured")).metrics
-    # quality and size: int8 (float8-stored embedding) close to the base at <= 55% of its size, int4
-    # smaller still, pruning removes parameters
-    assert w8["perplexity_ratio"] < 1.12 and w8["size_ratio"] <= 0.55
+    # quality and size: int8 (SmoothQuant, float8-stored embedding rounded by GPTQ) within the issue's
+    # 2% of the base at <= 55% of its size, int4 smaller still, pruning removes parameters
+    assert w8["perplexity_ratio"] <= 1.02 and w8["size_ratio"] <= 0.55
+    assert w8["method_info"]["embedding_rounding"] == "gptq"
     assert w4["size_ratio"] < w8["size_ratio"] and w4["bytes_per_parameter"] < 1.0
     assert pruned["parameter_ratio"] < 0.85
     assert base["perplexity"] < w4["perplexity"]
@@ -85,7 +86,7 @@ def test_reference_model_compressed_loads_in_vllm(tmp_path):
     script = tmp_path / "load_vllm.py"
     script.write_text(SCRIPT)
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    names = ["quantize-w8a8-emb8", "prune_structured"]
+    names = ["quantize-w8a8-sq-emb8", "prune_structured"]
     if _has_avx512():  # vllm-cpu 0.32's W4A16 kernel (cpu_gemm_wna16) is only in its AVX512 build
         names.append("quantize-w4a16")
     folders = [str(out / n) for n in names]
@@ -98,5 +99,5 @@ def test_reference_model_compressed_loads_in_vllm(tmp_path):
     assert len(results) == len(names), (run.stdout + run.stderr)[-12000:]
     texts = {Path(r["folder"]).name: r["text"] for r in results}
     # the int8 model still knows the answer; every model generates some text
-    assert "Paris" in texts["quantize-w8a8-emb8"], texts
+    assert "Paris" in texts["quantize-w8a8-sq-emb8"], texts
     assert all(len(t.strip()) > 0 for t in texts.values()), texts

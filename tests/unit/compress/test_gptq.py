@@ -38,6 +38,22 @@ def test_gptq_beats_rtn_on_layer_output(ctx, scheme):
     assert levels.round().min() >= lo and levels.round().max() <= hi
 
 
+def test_gptq_float8_lies_on_e4m3_and_beats_nearest_on_output():
+    torch.manual_seed(0)
+    w = 0.15 * torch.randn(300, 96)  # an embedding-like table: vocab rows x hidden columns
+    mix = torch.randn(16, 96)
+
+    def states(n):  # correlated hidden states, as a head's inputs are
+        return torch.randn(n, 16) @ mix + 0.1 * torch.randn(n, 96)
+
+    x = states(1024)
+    q = gptq.gptq_float8(w, 2.0 * x.T @ x / x.shape[0])
+    assert torch.equal(q, q.to(torch.float8_e4m3fn).float())  # every value is an e4m3 value
+    nearest = w.to(torch.float8_e4m3fn).float()
+    unseen = states(256)  # the output error is smaller on inputs the Hessian did not see, too
+    assert (unseen @ (q - w).T).norm() < 0.7 * (unseen @ (nearest - w).T).norm()
+
+
 def test_hessians_are_symmetric_psd(ctx):
     model = ctx.load_model()
     layers = dict(quantize.quantized_linears(model))

@@ -107,3 +107,28 @@ def test_float8_embedding_storage_halves_embedding_and_loads(ctx, tmp_path, eval
     wa, wb = a.model.embed_tokens.weight, b.model.embed_tokens.weight
     assert wb.dtype == torch.float32 and (wa - wb).norm() / wa.norm() < 0.05  # cast back on load
     assert perplexity(b, eval_windows) < 1.05 * perplexity(a, eval_windows)
+
+
+def test_float8_embedding_by_gptq_has_smaller_head_error_than_nearest(ctx, tmp_path):
+    from pipelines.compress.calibration import collect_inputs
+
+    model = ctx.load_model()
+    assert quantize.tied_head(model)
+    calib = ctx.calib(4)
+    values, info = quantize.embedding_float8_gptq(model, calib, dampening=0.01)
+    assert torch.equal(values, values.to(torch.float8_e4m3fn).float())  # on the e4m3 grid
+    states = []
+    collect_inputs(model, calib, {"lm_head": model.lm_head}, lambda _n, x: states.append(x))
+    x, w = torch.cat(states), model.lm_head.weight.detach()
+    nearest = w.to(torch.float8_e4m3fn).float()
+    assert (x @ (values - w).T).norm() < 0.9 * (x @ (nearest - w).T).norm()  # the logits move less
+    # the stage writes exactly those values, and records how they were chosen
+    out = str(tmp_path / "gptq")
+    info = quantize.apply(ctx, QuantizeMethod(scheme="W8A8", embedding_storage="float8"), out)
+    assert info["embedding_rounding"] == "gptq"
+    torch.testing.assert_close(_tensors(out)["model.embed_tokens.weight"].float(), values)
+    near = quantize.apply(
+        ctx, QuantizeMethod(scheme="W8A8", embedding_storage="float8", embedding_rounding="nearest"),
+        str(tmp_path / "near"),
+    )
+    assert near["embedding_rounding"] == "nearest"
