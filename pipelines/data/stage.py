@@ -116,6 +116,17 @@ def build_clean_stats(
     return stats
 
 
+def counts_complete(stats: dict[str, Any]) -> bool:
+    """Whether every batch's report is in: the accounting balances, and the last step reported as many
+    rows out as `clean/` holds (a batch that drops nothing leaves the balance unchanged)."""
+    last = (
+        stats["operators"][-1]["rows_out"]
+        if stats["operators"]
+        else sum(i["rows_out"] for i in stats["inputs"])
+    )
+    return stats["balanced"] and last == stats["rows_out"]
+
+
 def run_clean(
     cfg: DataConfig, out_dir: str, seed: int = 0, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
@@ -128,20 +139,33 @@ def run_clean(
     inputs = preflight(cfg)
     t0 = time.perf_counter()
     context = DataContext.get_current()
-    saved = context.execution_options.preserve_order, context.op_resource_reservation_enabled
+    saved = (
+        context.execution_options.preserve_order,
+        context.op_resource_reservation_enabled,
+        context.target_max_block_size,
+    )
     context.execution_options.preserve_order = True  # same input, same output files, same packing
     if not os.environ.get("RAYLM_DATA_RESERVATION"):
         # Ray Data reserves half the CPUs per operator by default; on a small machine that leaves one
         # fused map operator a single task at a time. Our passes are read->operators->write chains.
         context.op_resource_reservation_enabled = False
+    # A fused map->write task holds its whole output until it writes (Ray's ParquetDatasink lists its
+    # blocks), and it gets at least one block of the checkpoint it reads: smaller blocks bound it.
+    context.target_max_block_size = cfg.block_mb * 1024**2
     try:
-        reporter = remote_reporter()
+        reporter = remote_reporter(wait=False)  # why not waiting: pipelines/data/stats.py
         engine = RayEngine(cfg, out_dir, seed, inputs, reporter, log)
         schema = engine.run()
-        counts = reporter.snapshot()
+        rows_out = parquet_rows(join(out_dir, "clean"))
+        counts, _ = reporter.settled(
+            lambda c: counts_complete(build_clean_stats(cfg, inputs, c, engine.fitted, schema, rows_out))
+        )
     finally:
-        context.execution_options.preserve_order, context.op_resource_reservation_enabled = saved
-    rows_out = parquet_rows(join(out_dir, "clean"))
+        (
+            context.execution_options.preserve_order,
+            context.op_resource_reservation_enabled,
+            context.target_max_block_size,
+        ) = saved
     stats = build_clean_stats(cfg, inputs, counts, engine.fitted, schema, rows_out)
     stats["wall_s"] = round(time.perf_counter() - t0, 3)
     stats["timings"] = engine.timings

@@ -2,13 +2,21 @@
 records by reason, counters (PII replacements, filled cells, ...).
 
 Workers report one small dict per batch per step to a `StatsCollector` (a Ray actor in a Ray run, a
-plain object in a local run) and wait for the acknowledgement, so when a pass finishes its counts are all
-in. Counts are additive, so the order of reports does not matter.
+plain object in a local run). Counts are additive, so the order of reports does not matter.
+
+Waiting for each acknowledgement would make every count final when its pass ends, but a Ray task blocked
+in `ray.get` hands its CPU back to Ray, which starts another task in another worker process meanwhile:
+measured on the data benchmark (800k documents, 2 CPUs), four cleaning tasks ran at once in four
+processes and the peak memory was 2.5-2.7 GB; sending without waiting, two tasks in two processes and
+2.2 GB, and 20% faster. So the cleaning stage sends without waiting (`wait=False`) and, at the end, reads
+the counts once they are complete (`Reporter.settled`: the stage's row accounting balances).
 """
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 
@@ -36,8 +44,8 @@ class StatsCollector:
 class Reporter:
     """What workers hold: sends a batch's reports to the collector (a Ray actor handle or a local one)."""
 
-    def __init__(self, collector: Any, remote: bool):
-        self.collector, self.remote = collector, remote
+    def __init__(self, collector: Any, remote: bool, wait: bool = True):
+        self.collector, self.remote, self.wait = collector, remote, wait
 
     def send(self, reports: list[tuple[str, dict[str, int]]]) -> None:
         if not reports:
@@ -46,9 +54,25 @@ class Reporter:
         if self.remote:
             import ray
 
-            ray.get(self.collector.add_many.remote(reports))
+            ref = self.collector.add_many.remote(reports)
+            if self.wait:
+                ray.get(ref)
         else:
             self.collector.add_many(reports)
+
+    def settled(
+        self, complete: Callable[[dict[str, dict[str, int]]], bool], timeout_s: float = 10.0
+    ) -> tuple[dict[str, dict[str, int]], bool]:
+        """(counts, whether `complete(counts)` held): the collector's counts once reports sent without
+        waiting have all arrived, which `complete` recognises; after `timeout_s` the counts as they are."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            counts = self.snapshot()
+            if complete(counts):
+                return counts, True
+            if time.monotonic() >= deadline:
+                return counts, False
+            time.sleep(0.05)
 
     def snapshot(self) -> dict[str, dict[str, int]]:
         if self.remote:
@@ -73,12 +97,13 @@ def export_metrics(reports: list[tuple[str, dict[str, int]]]) -> None:
                 metrics.inc("data_rows_dropped", value, stage="data", step=step, reason=f"{kind}:{reason}")
 
 
-def remote_reporter() -> Reporter:
-    """A collector actor (no CPU reserved, so it never blocks the data tasks) and its reporter."""
+def remote_reporter(wait: bool = True) -> Reporter:
+    """A collector actor (no CPU reserved, so it never blocks the data tasks) and its reporter. `wait`:
+    whether workers wait for each report's acknowledgement (see the module's docstring)."""
     import ray
 
     actor = ray.remote(num_cpus=0)(StatsCollector).remote()
-    return Reporter(actor, remote=True)
+    return Reporter(actor, remote=True, wait=wait)
 
 
 def split_counts(counts: dict[str, int]) -> dict[str, Any]:
