@@ -50,6 +50,14 @@ def parquet_rows(folder: str) -> int:
     return pads.dataset(path, filesystem=fs, format="parquet").count_rows()
 
 
+def _rows_written(folder: str) -> int:
+    """Rows of a split's Parquet folder; 0 when nothing was written."""
+    try:
+        return parquet_rows(folder)
+    except FileNotFoundError:
+        return 0
+
+
 def build_clean_stats(
     cfg: DataConfig,
     inputs: list[InputFiles],
@@ -358,11 +366,10 @@ def run_tokenize(
     context = DataContext.get_current()
     saved = context.execution_options.preserve_order
     context.execution_options.preserve_order = True
-    reporter = remote_reporter()
+    reporter = remote_reporter(wait=False)  # why not waiting: pipelines/data/stats.py
+    splits = ["train"] + (["heldout"] if tok_cfg.heldout_fraction > 0 else [])
     try:
-        for split in ("train", "heldout"):
-            if split == "heldout" and tok_cfg.heldout_fraction <= 0:
-                continue
+        for split in splits:
             packed = ds.map_batches(
                 pack_batch,
                 batch_format="pandas",
@@ -389,12 +396,16 @@ def run_tokenize(
             )
     finally:
         context.execution_options.preserve_order = saved
-    counts = reporter.snapshot()
+    written = {split: _rows_written(join(out_dir, split)) for split in splits}
+    # complete when every batch's report is in: each batch with documents packs at least one sequence
+    counts, _ = reporter.settled(
+        lambda c: all(c.get(split, {}).get("sequences", 0) == n for split, n in written.items())
+    )
     for split in ("train", "heldout"):
         c = counts.get(split, {})
         stats[split] = {k: c.get(k, 0) for k in ("docs", "tokens", "sequences", "padding", "chars")}
         if c.get("sequences"):
-            stats[split]["sequence_rows_written"] = parquet_rows(join(out_dir, split))
+            stats[split]["sequence_rows_written"] = written[split]
     train = stats["train"]
     stats.update(
         {
