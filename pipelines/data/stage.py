@@ -161,7 +161,7 @@ def run_clean(
     # blocks), and it gets at least one block of the checkpoint it reads: smaller blocks bound it.
     context.target_max_block_size = cfg.block_mb * 1024**2
     try:
-        reporter = remote_reporter(wait=False)  # why not waiting: pipelines/data/stats.py
+        reporter = remote_reporter()
         engine = RayEngine(cfg, out_dir, seed, inputs, reporter, log)
         schema = engine.run()
         rows_out = parquet_rows(join(out_dir, "clean"))
@@ -366,7 +366,7 @@ def run_tokenize(
     context = DataContext.get_current()
     saved = context.execution_options.preserve_order
     context.execution_options.preserve_order = True
-    reporter = remote_reporter(wait=False)  # why not waiting: pipelines/data/stats.py
+    reporter = remote_reporter()
     splits = ["train"] + (["heldout"] if tok_cfg.heldout_fraction > 0 else [])
     try:
         for split in splits:
