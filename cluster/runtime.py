@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import random
 import secrets
 import shutil
 import socket
@@ -87,11 +88,40 @@ def resolve_address(address: str | None) -> str | None:
     return address or os.environ.get("RAY_ADDRESS") or None
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on `host` now (the OS's choice), for servers that must not collide."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A TCP port free on `host` now, for a server that some process binds later.
+
+    Why not the OS's choice (`bind(host, 0)`): that port comes from the ephemeral range, which the OS
+    also hands to every outgoing connection and to every server Ray starts on port 0 in the meantime;
+    a port chosen before `ray.init` was taken by one of Ray's own processes before HAProxy bound it
+    ("Address already in use", seen once in the suite). So pick among the ports between Ray's worker
+    range (10002-19999 by default) and the ephemeral range, which only explicit binds use, never the
+    same one twice in this process."""
+    low, high = 20000, _ephemeral_low()
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(low, high) if high > low else 0
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            port = sock.getsockname()[1]
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError(f"no free TCP port on {host} between {low} and {high}")
 
 
 def setdefault_env(env: dict[str, str]) -> dict[str, str]:

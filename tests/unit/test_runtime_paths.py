@@ -36,3 +36,15 @@ def test_deep_home_and_deep_inherited_tmpdir_still_give_a_short_ray_temp(tmp_pat
     assert got["scratch"].startswith(str(deep / "home"))
     assert got["ray_temp"].startswith("/tmp/raylm-") and len(got["ray_temp"]) <= 36
     assert not Path(got["ray_temp"]).parent.exists()  # removed at exit
+
+
+def test_free_port_avoids_the_ephemeral_range_and_never_repeats():
+    import socket
+
+    from cluster.runtime import _ephemeral_low, free_port
+
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == 50
+    assert all(20000 <= p < _ephemeral_low() for p in ports)
+    with socket.socket() as sock:  # free when handed out: a server can bind it
+        sock.bind(("127.0.0.1", ports[-1]))
