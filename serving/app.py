@@ -294,6 +294,7 @@ def build_app(app_plan: AppPlan, api_key_digests: tuple[str, ...] = ()):
 
     from serving.auth import BearerAuthMiddleware
     from serving.deployments import RaylmIngress, RaylmLLMServer, openai_error_handler
+    from serving.ingress import INGRESS_REPLICA_ENV
     from serving.limits import RequestLimitsMiddleware
     from serving.metrics import RequestMetricsMiddleware
 
@@ -325,6 +326,8 @@ def build_app(app_plan: AppPlan, api_key_digests: tuple[str, ...] = ()):
     # The ingress only parses JSON and forwards it: half a CPU lets it share a 2-CPU node with an engine.
     all_cpu = all(d == "cpu" for d in app_plan.devices.values())
     options["ray_actor_options"] = {"num_cpus": 0.5 if all_cpu else 1}
+    if os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED") == "1":  # raylm's HAProxy mode (serving.ingress)
+        options["ray_actor_options"]["runtime_env"] = {"env_vars": dict(INGRESS_REPLICA_ENV)}
     return serve.deployment(ingress_cls, name="OpenAiIngress", **options).bind(
         llm_deployments=deployments, model_cards=cards, lora_paths=lora_paths, adapters=adapters)
 

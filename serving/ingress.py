@@ -15,10 +15,16 @@ OpenMP threads are pinned to, and an OpenMP step waits for its slowest thread. O
 (docs/serving.md, raylm alone, mixed workload, concurrency 32) the Python proxy with the throughput
 switches gave 265.8 output tok/s, HAProxy 320.3.
 
-Two things raylm adds on top of Ray's switches:
+What raylm adds on top of Ray's switches:
 - `RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=1`: the throughput mode routes handle calls on the caller's
   event loop, which refuses the blocking `handle.method.remote().result()` the driver uses (the KV
-  check, `serve.run`'s readiness) outside asyncio;
+  check, `serve.run`'s readiness) outside asyncio. The ingress replica, which only calls handles from
+  its own event loop, gets `0` back (`INGRESS_REPLICA_ENV`);
+- `RAY_SERVE_CONTROL_LOOP_INTERVAL_S=0.5` (Ray's default 0.1): each step of Serve's controller asks
+  the GCS for every node's state and reconciles every deployment. On the 2-core dev VM, during the
+  mixed concurrency-32 benchmark, the controller took 0.9-1.2 CPU-seconds per 27-33 s run at 0.1 s
+  and 0.34-0.46 at 0.5 s, CPU that the engine's pinned OpenMP threads lose. The cost: Serve notices a
+  replica's state changes up to 0.4 s later;
 - Ray's HAProxy template binds its stats page and Prometheus frontend to every interface on fixed ports
   (8404, 9101). raylm gives them free ports and starts HAProxy through a small wrapper that rebinds them
   to 127.0.0.1 (the app's own frontend keeps `serve.host`), so two local runs do not collide and
@@ -43,7 +49,13 @@ THROUGHPUT_ENV = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1",
+    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
 }
+
+INGRESS_REPLICA_ENV = {"RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+"""The ingress replica's own override (`serving.app.build_app` puts it in the replica's runtime env): its
+handle calls to the LLMServer route on the replica's event loop, as Ray's throughput mode intends. With
+the router on a loop of its own, every streamed chunk crossed threads twice."""
 
 # The wrapper Ray starts instead of the binary (`RAY_SERVE_HAPROXY_BINARY_PATH`). Ray writes the whole
 # config file before every start or reload and passes it with `-f`; `exec` keeps the argument list,

@@ -13,6 +13,7 @@ peft, the planner's KV capacity against the engine's, metrics on Ray's metrics e
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -126,6 +127,20 @@ def test_http_goes_through_haproxy_whose_listeners_are_all_on_loopback(served):
         assert "haproxy" in psutil.Process(pid).name(), psutil.Process(pid).cmdline()
         binds = {c.laddr.ip for c in psutil.Process(pid).net_connections("tcp") if c.status == "LISTEN"}
         assert binds == {"127.0.0.1"}, binds
+
+
+def test_the_ingress_replica_routes_on_its_own_event_loop(served):
+    """serving/ingress.py INGRESS_REPLICA_ENV: the driver keeps Serve's router on a loop of its own (it
+    blocks on handle results), the ingress replica does not (each streamed chunk would cross threads)."""
+    import psutil
+    import ray
+
+    raylet = psutil.Process(ray._private.worker._global_node.all_processes["raylet"][0].process.pid)
+    app = served["cfg"].app_name
+    ingress = [p for p in raylet.children() if p.name() == f"ray::ServeReplica:{app}:OpenAiIngress"]
+    assert len(ingress) == 1, [p.name() for p in raylet.children()]
+    assert ingress[0].environ().get("RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP") == "0"
+    assert os.environ.get("RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP") == "1"
 
 
 def test_completions_and_chat_with_the_openai_client(client):
