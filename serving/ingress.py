@@ -55,7 +55,7 @@ THROUGHPUT_ENV = {
 INGRESS_REPLICA_ENV = {"RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
 """The ingress replica's own override (`serving.app.build_app` puts it in the replica's runtime env): its
 handle calls to the LLMServer route on the replica's event loop, as Ray's throughput mode intends. With
-the router on a loop of its own, every streamed chunk crossed threads twice."""
+the router on a loop of its own, every streamed chunk crossed between two threads."""
 
 # The wrapper Ray starts instead of the binary (`RAY_SERVE_HAPROXY_BINARY_PATH`). Ray writes the whole
 # config file before every start or reload and passes it with `-f`; `exec` keeps the argument list,
