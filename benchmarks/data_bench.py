@@ -1,8 +1,8 @@
 """Benchmark: raylm's data stage on the embedded Ray (2 CPUs) against a plain single-process pandas /
 scipy / nltk / datasketch script (`data_baseline.py`), on the same input and the same operator chain.
 
-For each size (default 50k, 200k, 800k documents built from the bundled corpus by `data_corpus.py`) it
-runs, each in its own process:
+For each size (default 50k, 200k, 800k and 3.2M documents built from the bundled corpus by
+`data_corpus.py`; the baseline up to 800k) it runs, each in its own process:
   (a) baseline: `data_baseline.py`;
   (b) raylm: the data stage of `RECIPE` below through `cluster.orchestrate.run_recipe`, on an embedded Ray
       with 2 CPUs (Ray start-up included in the time);
@@ -15,7 +15,7 @@ all its descendants (Ray's GCS, raylet and workers included; PSS counts shared p
 Writes benchmarks/results/data.json (top-level `ratio`: raylm docs/s / baseline docs/s at 200k) and
 benchmarks/results/data.md.
 
-    python -m benchmarks.data_bench            # 50k, 200k, 800k (about an hour on 2 cores)
+    python -m benchmarks.data_bench            # 50k ... 3.2M (about 25 minutes on 2 cores)
     python -m benchmarks.data_bench --quick    # 1k documents, a smoke test (about a minute)
 """
 
@@ -127,17 +127,20 @@ def _label(p) -> str:
     return prog
 
 
-def _tree_memory(proc, per_process: list | None = None) -> tuple[int, int]:
-    """(PSS, RSS) in bytes summed over a process and its descendants; `per_process` (when given) gets
-    (pid, label, pss, uss) per process (USS: its private pages; PSS minus USS is its share of shared
-    pages, mostly Ray's object store, a shared-memory file every worker maps)."""
+def _tree_memory(proc, per_process: list | None = None) -> tuple[int, int, int]:
+    """(PSS, RSS, shared-memory PSS) in bytes summed over a process and its descendants; `per_process`
+    (when given) gets (pid, label, pss, uss) per process (USS: its private pages; PSS minus USS is its
+    share of shared pages). The third figure is the PSS of `/dev/shm` mappings: Ray's object store, a
+    shared-memory file the raylet maps whole, so it counts every page the store has touched. The store
+    keeps a page once it has held an object (its allocator does not give pages back), so this part grows
+    with the input until `object_store_memory_gb`, the budget the recipe sets."""
     import psutil
 
-    pss = rss = 0
+    pss = rss = shm = 0
     try:
         procs = [proc, *proc.children(recursive=True)]
     except psutil.Error:
-        return 0, 0
+        return 0, 0, 0
     for p in procs:
         try:
             info = p.memory_full_info()
@@ -146,9 +149,10 @@ def _tree_memory(proc, per_process: list | None = None) -> tuple[int, int]:
             if per_process is not None:
                 own = getattr(info, "pss", info.rss)
                 per_process.append((p.pid, _label(p), own, getattr(info, "uss", 0)))
+            shm += sum(getattr(m, "pss", 0) for m in p.memory_maps() if m.path.startswith("/dev/shm/"))
         except psutil.Error:
             continue
-    return pss, rss
+    return pss, rss, shm
 
 
 def _child_environment() -> dict[str, str]:
@@ -174,7 +178,7 @@ def measure(
         env={**_child_environment(), **(env or {})},
     )
     ps = psutil.Process(proc.pid)
-    peak = {"pss": 0, "rss": 0}
+    peak = {"pss": 0, "rss": 0, "shm_at_peak": 0, "shm": 0, "pss_without_shm": 0}
     at_peak: list = []
     loads: list[float] = []
     done = threading.Event()
@@ -183,15 +187,19 @@ def measure(
     def sample() -> None:
         while not done.is_set():
             per: list = []
-            pss, rss = _tree_memory(ps, per)
+            pss, rss, shm = _tree_memory(ps, per)
             if pss > peak["pss"]:
                 at_peak[:] = per
+                peak["shm_at_peak"] = shm
             peak["pss"], peak["rss"] = max(peak["pss"], pss), max(peak["rss"], rss)
+            peak["shm"] = max(peak["shm"], shm)
+            peak["pss_without_shm"] = max(peak["pss_without_shm"], pss - shm)
             loads.append(os.getloadavg()[0])
             if log is not None:
                 t = round(time.perf_counter() - t0, 1)
                 procs = [[pid, label, round(b / 2**20, 1), round(u / 2**20, 1)] for pid, label, b, u in per]
-                log.write(json.dumps({"t": t, "pss_mb": round(pss / 2**20, 1), "procs": procs}) + "\n")
+                mb = {"pss_mb": round(pss / 2**20, 1), "shm_mb": round(shm / 2**20, 1)}
+                log.write(json.dumps({"t": t, **mb, "procs": procs}) + "\n")
                 log.flush()
             done.wait(1.0)
 
@@ -213,6 +221,11 @@ def measure(
             "process_wall_s": round(wall, 2),
             "peak_pss_mb": round(peak["pss"] / 2**20, 1),
             "peak_rss_sum_mb": round(peak["rss"] / 2**20, 1),
+            # the object store's pages (shared memory) at that peak and at their own peak, and the peak of
+            # everything else (the processes' own memory): the part that streaming keeps flat
+            "object_store_at_peak_mb": round(peak["shm_at_peak"] / 2**20, 1),
+            "peak_object_store_mb": round(peak["shm"] / 2**20, 1),
+            "peak_pss_without_object_store_mb": round(peak["pss_without_shm"] / 2**20, 1),
             "cpu_load_during_run": round(sum(loads) / len(loads), 2) if loads else None,
             # the processes at the peak sample, largest first: where the memory is
             "peak_by_process_mb": [
@@ -336,10 +349,11 @@ def _write(results: dict, out_json: Path, out_md: Path) -> None:
         "",
         "Same input (JSONL built from the bundled corpus), same 11-operator chain. Time = the whole process "
         "(imports, Ray start-up, reading, writing Parquet). Memory = peak PSS summed over the process tree "
-        "(Ray: driver, GCS, raylet and workers).",
+        "(Ray: driver, GCS, raylet and workers); raylm's object store (shared memory) at that peak in "
+        "brackets. The largest size runs raylm only: the baseline would hold it all in one DataFrame.",
         "",
         "| docs | baseline docs/s | raylm docs/s (Ray, 2 CPUs) | ratio | baseline peak MB | raylm peak MB "
-        "| raylm ops, 1 process: docs/s, peak MB | rows agreeing |",
+        "[object store] | raylm ops, 1 process: docs/s, peak MB | rows agreeing |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
@@ -353,9 +367,11 @@ def _write(results: dict, out_json: Path, out_md: Path) -> None:
         loc_text = f"{loc['docs_per_s']:,}, {loc['peak_pss_mb']:,}" if loc else "-"
         agree = f"{r['agreement']['row_agreement']:.2%}" if "agreement" in r else "-"
         ratio = f"{r['ratio']}x" if "ratio" in r else "-"
+        store = r["raylm"].get("object_store_at_peak_mb")
+        peak = f"{r['raylm']['peak_pss_mb']:,}" + (f" [{store:,}]" if store is not None else "")
         lines.append(
             f"| {r['docs']:,} | {cell(r, 'baseline', 'docs_per_s')} | {r['raylm']['docs_per_s']:,} | "
-            f"{ratio} | {cell(r, 'baseline', 'peak_pss_mb')} | {r['raylm']['peak_pss_mb']:,} | {loc_text} | "
+            f"{ratio} | {cell(r, 'baseline', 'peak_pss_mb')} | {peak} | {loc_text} | "
             f"{agree} |"
         )
     if "ratio" in results:
@@ -376,7 +392,7 @@ def main(argv: list[str] | None = None) -> None:
         "--sizes",
         type=lambda s: [int(x) for x in s.split(",")],
         default=None,
-        help="comma-separated document counts (default 50000,200000,800000)",
+        help="comma-separated document counts (default 50000,200000,800000,3200000)",
     )
     parser.add_argument("--out", type=Path, default=None, help="results JSON path")
     parser.add_argument("--keep", action="store_true", help="keep the generated inputs and outputs")
@@ -384,7 +400,7 @@ def main(argv: list[str] | None = None) -> None:
         "--baseline-max",
         type=int,
         default=None,
-        help="run the (slow) baseline only up to this many documents",
+        help="run the (slow) baseline only up to this many documents (default 800000 with the default sizes)",
     )
     parser.add_argument(
         "--raylm-only",
@@ -409,7 +425,9 @@ def main(argv: list[str] | None = None) -> None:
         out = args.out or Path(tempfile.mkdtemp(prefix="raylm-bench-quick-")) / "data.json"
         local_at = set()
     else:
-        sizes = args.sizes or [50_000, HEADLINE, 800_000]
+        sizes = args.sizes or [50_000, HEADLINE, 800_000, 3_200_000]
+        if args.sizes is None and args.baseline_max is None:
+            args.baseline_max = 800_000  # at 3.2M the baseline's one DataFrame would need ~15 GB
         out = args.out or RESULTS / "data.json"
         local_at = {HEADLINE} if HEADLINE in sizes else {sizes[len(sizes) // 2]}
     if args.raylm_only:

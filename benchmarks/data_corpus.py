@@ -12,6 +12,7 @@ from pathlib import Path
 from pipelines.assets import asset_paths
 
 _PARAGRAPHS = re.compile(r"\n\s*\n")
+SHARD_DOCS = 50_000  # documents per shard at most, past 16 shards
 
 
 def paragraphs(corpus_dir: Path | None = None) -> list[tuple[str, str]]:
@@ -36,8 +37,11 @@ def paragraphs(corpus_dir: Path | None = None) -> list[tuple[str, str]]:
     return out
 
 
-def build(n_docs: int, out_dir: Path, seed: int = 0, shards: int = 16) -> dict:
-    """Write `n_docs` records as `shards` JSONL files in `out_dir`; return what was injected."""
+def build(n_docs: int, out_dir: Path, seed: int = 0, shards: int | None = None) -> dict:
+    """Write `n_docs` records as `shards` JSONL files in `out_dir`; return what was injected. By default 16
+    shards, and more past 800k documents so that no shard holds more than 50k (about 11.6 MB), as a
+    crawl's files keep their size while their number grows."""
+    shards = shards or max(16, -(-n_docs // SHARD_DOCS))
     rng = random.Random(seed)
     paras = paragraphs()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -55,8 +59,16 @@ def build(n_docs: int, out_dir: Path, seed: int = 0, shards: int = 16) -> dict:
     texts: list[str] = []
     for k in range(n_docs):
         source, text = paras[k % len(paras)]
-        if k >= len(paras):  # past the corpus: a new combination of two paragraphs
-            text = text + " " + paras[(k * 7919 + 13) % len(paras)][1]
+        if k >= len(paras):
+            # Past the corpus: the first half of this paragraph and the second half of another, so the
+            # documents stay as long as the corpus's on average and only their number grows with N
+            # (joining two whole paragraphs made them 1.6x longer, which mixed length into the growth).
+            # The partner depends on the round (k // len(paras)) too: with k alone, document k and
+            # k + len(paras) were the same text, so past 2x the corpus most "documents" were duplicates.
+            rnd, j = divmod(k, len(paras))
+            head = text.split()
+            tail = paras[(j * 7919 + rnd * 104_729 + 13) % len(paras)][1].split()
+            text = " ".join(head[: len(head) // 2] + tail[len(tail) // 2 :])
         r = rng.random()
         if texts and r < 0.03:
             text = texts[rng.randrange(len(texts))]

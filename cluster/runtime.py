@@ -170,7 +170,8 @@ def ray_session(
     Starts (and afterwards stops) an embedded local Ray when no address is given; if Ray is already
     initialised in this process it is reused and left running. An embedded Ray gets Ray Serve's
     `serve_ingress` mode (`serving/ingress.py`: HAProxy and the throughput switches, or Serve's Python
-    proxy) and `arrow_memory_pool` (`pipelines/allocator.py`); a running cluster keeps its own.
+    proxy), `arrow_memory_pool` (`pipelines/allocator.py`) and Ray Data's single-node settings
+    (`pipelines/data/ray_data_env.py`); a running cluster keeps its own.
     """
     import ray
 
@@ -201,10 +202,12 @@ def ray_session(
             _temp_dir=str(side.ray_temp),
         )
         from pipelines.allocator import arrow_pool_env
+        from pipelines.data.ray_data_env import embedded_ray_data_env
         from serving.ingress import apply_ingress_env
 
         applied = apply_ingress_env(serve_ingress, side.scratch)  # Serve's processes read it at start
         applied |= setdefault_env(arrow_pool_env(arrow_memory_pool))  # Arrow's, at a process' first use
+        applied |= setdefault_env(embedded_ray_data_env())  # Ray Data's, in the worker that lists Parquet
         if object_store_memory_gb:
             kwargs["object_store_memory"] = int(object_store_memory_gb * 1024**3)
         if not dashboard:  # no State API server: quiet what polls it (cluster/worker_setup.py)

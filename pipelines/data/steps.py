@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,6 +123,21 @@ def segment_fn(
     """`map_batches` body: apply the steps, return a table of exactly `schema`."""
     out = run_steps(batch.reset_index(drop=True), steps, ctx)
     return to_table(out, schema)
+
+
+def segment_chunks(
+    block: pd.DataFrame,
+    steps: list[Step],
+    schema: dict[str, ColumnType],
+    ctx: BatchContext | None,
+    batch_size: int,
+) -> Iterator[pa.Table]:
+    """`map_batches(batch_size=None)` body: a whole block in, the steps applied `batch_size` rows at a
+    time. Why not Ray's `batch_size`: Ray Data does not fuse a read into a map that asks for a batch
+    size, so the read tasks ran ahead of the cleaning and filled the object store with the raw input
+    (docs/data.md, "Where the memory goes"); fused, a read goes only as fast as its operators."""
+    for start in range(0, max(len(block), 1), batch_size):
+        yield segment_fn(block.iloc[start : start + batch_size], steps, schema, ctx)
 
 
 def schema_after(schema: dict[str, ColumnType], op: Operator, state: Any = None) -> dict[str, ColumnType]:

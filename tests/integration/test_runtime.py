@@ -45,6 +45,29 @@ def test_embedded_ray_starts_with_side_files_inside_raylm_and_stops(monkeypatch)
     assert "ARROW_DEFAULT_MEMORY_POOL" not in os.environ  # the next session chooses again
 
 
+def test_embedded_ray_lists_parquet_with_one_footer_reader(monkeypatch, tmp_path):
+    """Ray Data's Parquet listing starts 32 FooterReader processes by default; an embedded Ray gets one
+    (pipelines/data/ray_data_env.py), so a listing on a small node does not start 32 Python processes.
+    Its workers also get 16 MiB Parquet read units."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.delenv("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", raising=False)
+    monkeypatch.delenv("RAY_DATA_PARQUET_BIN_PACKING_BYTES", raising=False)
+    for i in range(12):
+        pq.write_table(pa.table({"x": list(range(i * 10, i * 10 + 10))}), tmp_path / f"part-{i}.parquet")
+    with ray_session(num_cpus=2):
+        import ray.data
+        from ray._private.state import actors  # the GCS's actor table; the State API needs a dashboard
+
+        assert ray.data.read_parquet(str(tmp_path)).map_batches(lambda b: b).materialize().count() == 120
+        classes = [a["ActorClassName"] for a in actors().values()]
+        read_unit = ray.get(ray.remote(lambda: os.environ.get("RAY_DATA_PARQUET_BIN_PACKING_BYTES")).remote())
+    assert classes.count("FooterReader") == 1
+    assert read_unit == str(16 * 1024**2)
+    assert "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS" not in os.environ  # the next session chooses again
+
+
 def test_session_is_reused_when_ray_is_already_up():
     from serving.cpu_binding import node_cpus
 

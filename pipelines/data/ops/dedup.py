@@ -57,6 +57,19 @@ def bucket_edges(keys: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"row_id": row_id[mask].astype(np.int64), "root": root[mask].astype(np.int64)})
 
 
+def in_sorted(values: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
+    """Which of `values` are in `sorted_ids` (ascending, as `resolve_clusters` returns them).
+
+    Why not `np.isin`: it sorts both arrays on every call, so filtering each batch against all dropped ids
+    cost O(dropped log dropped) per batch, quadratic over a corpus; a binary search per value costs
+    O(batch log dropped). On 3.2M documents with 2.5M duplicates the final pass spent its time there.
+    """
+    if not len(sorted_ids):
+        return np.zeros(len(values), bool)
+    at = np.searchsorted(sorted_ids, values)
+    return sorted_ids[np.minimum(at, len(sorted_ids) - 1)] == values
+
+
 def resolve_clusters(edges: pd.DataFrame) -> tuple[np.ndarray, dict[str, Any]]:
     """Edges -> (sorted row_ids to drop, cluster summary). Each connected component keeps its smallest id."""
     if edges.empty:
@@ -109,7 +122,7 @@ class _Dedup(Operator):
     def apply(self, df: pd.DataFrame, state: np.ndarray = None) -> RowResult:
         if state is None or not len(state) or df.empty:
             return RowResult(df)
-        return keep_rows(df, ~np.isin(df["row_id"].to_numpy(), state), self.reason)
+        return keep_rows(df, ~in_sorted(df["row_id"].to_numpy(), state), self.reason)
 
 
 class ExactDedup(_Dedup):

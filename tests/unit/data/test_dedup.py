@@ -14,6 +14,7 @@ from pipelines.data.ops.dedup import (
     MinHasher,
     NearDedup,
     bucket_edges,
+    in_sorted,
     resolve_clusters,
 )
 
@@ -135,3 +136,16 @@ def test_resolve_clusters_keeps_the_smallest_id_transitively():
         "cluster_sizes": {"2": 2, "3": 1},
     }
     assert resolve_clusters(edges.iloc[0:0])[1]["clusters"] == 0
+
+
+def test_in_sorted_equals_isin_and_drops_what_resolve_clusters_returns():
+    rng = np.random.default_rng(0)
+    ids = np.unique(rng.integers(0, 10_000, 3_000))  # sorted, as resolve_clusters and union1d give them
+    values = rng.integers(-5, 10_010, 5_000)
+    assert np.array_equal(in_sorted(values, ids), np.isin(values, ids))
+    assert not in_sorted(values, ids[:0]).any()
+    edges = pd.DataFrame({"row_id": [5, 9, 7, 3], "root": [2, 5, 6, 1]})
+    drop, _ = resolve_clusters(edges)
+    df = pd.DataFrame({"row_id": np.arange(12), "text": [f"t{i}" for i in range(12)]})
+    kept = ExactDedup().apply(df, drop).df
+    assert kept["row_id"].tolist() == [0, 1, 2, 4, 6, 8, 10, 11]
