@@ -43,7 +43,7 @@ from pipelines.data.readers import (
 )
 from pipelines.data.schema import arrow_schema, to_table
 from pipelines.data.stats import Reporter
-from pipelines.data.steps import BatchContext, Step, schema_after, segment_chunks
+from pipelines.data.steps import BatchContext, Step, row_chunks, schema_after, segment_chunks
 from pipelines.run_folder import join, remove_tree
 
 KEY_ROWS_PER_PARTITION = 400_000
@@ -214,8 +214,8 @@ def _keys_fn(
 ) -> Iterator[pd.DataFrame]:
     """Bucket keys of every dedup operator, with the operator and the key's partition, `batch_size` rows
     of the block at a time (why not Ray's batch_size: `steps.segment_chunks`)."""
-    for start in range(0, max(len(block), 1), batch_size):
-        df = block.iloc[start : start + batch_size].reset_index(drop=True)
+    for batch in row_chunks(block, batch_size):
+        df = batch.reset_index(drop=True)
         frames = []
         for index, op in ops:
             keys = op.keys(df)

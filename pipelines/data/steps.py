@@ -136,8 +136,14 @@ def segment_chunks(
     time. Why not Ray's `batch_size`: Ray Data does not fuse a read into a map that asks for a batch
     size, so the read tasks ran ahead of the cleaning and filled the object store with the raw input
     (docs/data.md, "Where the memory goes"); fused, a read goes only as fast as its operators."""
+    for batch in row_chunks(block, batch_size):
+        yield segment_fn(batch, steps, schema, ctx)
+
+
+def row_chunks(block: pd.DataFrame, batch_size: int) -> Iterator[pd.DataFrame]:
+    """`block` in slices of `batch_size` rows; one empty slice for an empty block."""
     for start in range(0, max(len(block), 1), batch_size):
-        yield segment_fn(block.iloc[start : start + batch_size], steps, schema, ctx)
+        yield block.iloc[start : start + batch_size]
 
 
 def schema_after(schema: dict[str, ColumnType], op: Operator, state: Any = None) -> dict[str, ColumnType]:
