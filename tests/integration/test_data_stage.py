@@ -343,3 +343,28 @@ def test_s3_inputs_give_what_the_same_local_files_give(local_ray, s3_endpoint, i
     out = pd.read_parquet(run_dir / "data" / "clean")
     assert len(out) == len(ref) == stats["rows_out"]
     assert sorted(out["text_norm"]) == sorted(ref["text_norm"])
+
+
+def test_the_read_is_fused_with_the_cleaning(local_ray, tmp_path):
+    """Ray Data fuses a read into the maps after it only when none asks for a batch size or a minimum
+    of rows per file; fused, a read goes as fast as its cleaning and the raw input never waits in the
+    object store (docs/data.md, "Where the memory goes")."""
+    from pipelines.data.config import DataConfig
+    from pipelines.data.engine import RayEngine
+    from pipelines.data.readers import expand_inputs
+    from pipelines.data.stats import remote_reporter
+    from pipelines.data.steps import Step
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(6):  # enough files for one read task per file on 2 CPUs
+        rows = [json.dumps({"text": f"Doc {i}-{k}: The Cats are RUNNING."}) for k in range(50)]
+        (folder / f"part-{i}.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    cfg = DataConfig.model_validate(
+        {"inputs": [{"path": str(folder), "format": "jsonl"}], "operators": [{"op": "lowercase"}]}
+    )
+    engine = RayEngine(cfg, str(tmp_path / "out"), 0, expand_inputs(cfg), remote_reporter(), print)
+    schema = cfg.initial_schema()
+    ds = engine._segment(engine.source(schema), [Step(0, cfg.operators[0])], schema, report=False)
+    stats = ds.materialize().stats()
+    assert "ReadRecordFile->MapBatches(parse_batch)->MapBatches(segment_chunks)" in stats, stats[:2000]
