@@ -76,9 +76,10 @@ class DataConfig(SectionConfig):
     """Rows per batch handed to an operator."""
     block_mb: int = Field(default=16, ge=1)
     """Largest block Ray Data builds in this stage, in MiB (its `target_max_block_size`; Ray's default is
-    128). A task that cleans and writes holds its output until it writes it, and reads at least one
-    block: smaller blocks bound a worker's memory (measured on the data benchmark, 800k documents: the
-    largest worker 0.66 GB at 16 against 0.88 GB at 128; the run's peak 2.2 against 2.5 GB)."""
+    128). A task that cleans and writes holds one output block at a time (`parquet_sink.py`) and reads
+    at least one block: smaller blocks bound a worker's memory (measured on the data benchmark, 800k
+    documents, before that sink: the largest worker 0.66 GB at 16 against 0.88 GB at 128; the run's peak
+    2.2 against 2.5 GB)."""
     keep_checkpoints: bool = False
     """Keep the intermediate Parquet checkpoints (written before operators that need the whole dataset)
     in `<stage>/_work/` instead of deleting them at the end."""

@@ -30,6 +30,7 @@ import pyarrow as pa
 
 from pipelines.data.config import DataConfig
 from pipelines.data.ops.base import ColumnType, StatRequest
+from pipelines.data.parquet_sink import StreamingParquetSink
 from pipelines.data.quarantine import quarantine_unreadable_files, write_quarantine
 from pipelines.data.readers import (
     InputFiles,
@@ -287,9 +288,9 @@ class RayEngine:
 
         path = join(self.work, f"ckpt-{self._ckpts}")
         t0 = time.perf_counter()
-        # no min_rows_per_file: a minimum makes Ray bundle rows before a write and so keeps it from
-        # fusing the read into the pass (steps.segment_chunks); a task writes what it read
-        ds.write_parquet(path)
+        # no minimum rows per file: a minimum makes Ray bundle rows before a write and so keeps it from
+        # fusing the read into the pass (steps.segment_chunks); a task writes what it read, block by block
+        ds.write_datasink(StreamingParquetSink(path, arrow_schema(schema)))
         self.ckpt_rows = ray.data.read_parquet(path).count()  # from the Parquet footers
         files = len([p for p in ray.data.read_parquet(path).input_files()])
         self._timed(f"checkpoint-{self._ckpts}", t0)
@@ -404,7 +405,8 @@ class RayEngine:
         final = self._segment(ds, pending, schema, report=True)
         clean = join(self.out_dir, "clean")
         t0 = time.perf_counter()
-        final.write_parquet(clean, max_rows_per_file=cfg.rows_per_file)  # no minimum: see _checkpoint
+        # no minimum rows per file: see _checkpoint
+        final.write_datasink(StreamingParquetSink(clean, arrow_schema(schema), cfg.rows_per_file))
         self._timed("final-write", t0)
         self._ensure_nonempty(clean, schema)
         if not cfg.keep_checkpoints:
@@ -465,7 +467,7 @@ class RayEngine:
             batch_size=None,
             fn_kwargs={"ops": ops, "partitions": partitions, "batch_size": self.cfg.batch_size},
         )
-        keys.write_parquet(path, partition_cols=["op", "part"])
+        keys.write_datasink(StreamingParquetSink(path, partition_cols=["op", "part"]))
         edges_task = ray.remote(num_cpus=1)(_partition_edges)
         results, dropped = [], np.zeros(0, np.int64)
         for index, op in ops:

@@ -157,8 +157,8 @@ def run_clean(
         # Ray Data reserves half the CPUs per operator by default; on a small machine that leaves one
         # fused map operator a single task at a time. Our passes are read->operators->write chains.
         context.op_resource_reservation_enabled = False
-    # A fused map->write task holds its whole output until it writes (Ray's ParquetDatasink lists its
-    # blocks), and it gets at least one block of the checkpoint it reads: smaller blocks bound it.
+    # A fused read->clean->write task holds one output block at a time (parquet_sink.py) and reads at
+    # least one block of the checkpoint: smaller blocks bound its memory.
     context.target_max_block_size = cfg.block_mb * 1024**2
     try:
         reporter = remote_reporter()

@@ -166,6 +166,10 @@ class ExactDedup(_Dedup):
         return pd.DataFrame({"row_id": df["row_id"].to_numpy(np.int64), "key": as_signed(hashes)})
 
 
+WORD_HASH_CACHE_LIMIT = 100_000
+"""Word hashes a MinHasher caches (about 130 bytes each): why bounded, see morphology._CACHE_LIMIT."""
+
+
 class MinHasher:
     """Batch MinHash signatures equal to datasketch's (same permutations, scheme affine32)."""
 
@@ -188,7 +192,7 @@ class MinHasher:
             h = cache.get(w)
             if h is None:
                 h = hash64(w.encode("utf-8", "surrogatepass"))
-                if len(cache) < 1_000_000:
+                if len(cache) < WORD_HASH_CACHE_LIMIT:
                     cache[w] = h
             out[i] = h
         return out

@@ -93,7 +93,12 @@ def wordnet_lemma(word: str, pos: str) -> str:
     return min(lemmas, key=len) if lemmas else word
 
 
-_CACHE_LIMIT = 500_000
+_CACHE_LIMIT = 100_000
+"""Words a process caches per operator. Words come in Zipf order, so the first 100k distinct ones hold
+nearly every frequent word; a larger cap only stores rare ones. An entry costs about 130 bytes, distinct
+tokens keep coming as the corpus grows, and Ray reuses a worker for pass after pass, so the cache stays.
+Lowering this cap from 500k and dedup's word-hash cap from 1M to 100k (2026-12-06) took the data
+benchmark's two workers from 500 and 491 MB to 445 and 419 MB at 800k documents, at the same speed."""
 
 
 _CACHES: dict[str, dict[str, str]] = {}

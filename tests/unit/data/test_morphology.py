@@ -88,3 +88,18 @@ def test_snowball_unknown_language_is_a_problem():
 @pytest.mark.parametrize("op", [Stem(), Stem(algorithm="snowball")])
 def test_digits_and_punctuation_kept(op):
     assert op.transform("running-fast 42x, ok!") == "run-fast 42x, ok!"
+
+
+def test_the_word_cache_stops_at_its_cap_and_words_past_it_are_still_rewritten(monkeypatch):
+    """A reused Ray worker keeps the cache from task to task, so it must stay bounded."""
+    from nltk.stem import PorterStemmer
+
+    import pipelines.data.ops.morphology as morphology
+
+    monkeypatch.setattr(morphology, "_CACHE_LIMIT", 5)
+    monkeypatch.setattr(morphology, "_CACHES", {})
+    op = Stem(algorithm="porter")
+    words = [f"running{chr(97 + i)}s" for i in range(12)] + ["playing", "cats"]
+    got = op.transform(" ".join(words))
+    assert got == " ".join(PorterStemmer().stem(w) for w in words)
+    assert len(op._cache) == 5
