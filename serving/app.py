@@ -105,6 +105,14 @@ def check_architecture(spec: ModelSpec, model: ServeModelConfig) -> str | None:
     run it through its transformers backend instead of a native class."""
     arch = spec.architecture
     impl = model.engine_args.get("model_impl", "auto")
+    from serving import vllm_plugin
+
+    if arch in vllm_plugin.ARCHITECTURES:  # raylm's own model classes, added to vLLM by its plugin
+        if not vllm_plugin.installed():
+            raise PlanError(f"model {model.name!r} ({model.path}): architecture {arch!r} is served by "
+                            "raylm's vLLM plugin, and this Python environment does not declare it (the "
+                            "vllm.general_plugins entry point); reinstall raylm: pip install -e .")
+        return None
     known = vllm_architectures()
     if not known or (impl != "transformers" and arch in known):
         return None

@@ -194,6 +194,24 @@ class LowRankMethod(SectionConfig):
     `compress.train_text`, before the rank-r weights are exported. 0: none."""
     recovery_lr: float = Field(default=5e-5, gt=0)
     """Learning rate of the recovery fine-tune."""
+    export: Literal["factorized", "dense"] = "factorized"
+    """factorized: the folder keeps each factorized layer as its two factors (architecture
+    `RaylmLowRankLlamaForCausalLM`; smaller, and faster in vLLM through raylm's vLLM plugin; transformers
+    loads it with raylm, or with `trust_remote_code=True` from the modelling file the folder carries).
+    MLP targets only. dense: a standard Llama folder of the rank-r products W_r = B @ A (loads anywhere;
+    the base model's size and speed)."""
+
+    @model_validator(mode="after")
+    def _factorized_targets(self) -> LowRankMethod:
+        if self.export == "factorized":
+            mlp = ("gate_proj", "up_proj", "down_proj")
+            other = [t for t in self.targets if t.rsplit(".", 1)[-1] not in mlp]
+            if other:
+                raise ValueError(
+                    f"export: factorized serves factorized MLP projections only, and targets has {other}; "
+                    "target mlp.gate_proj / mlp.up_proj / mlp.down_proj, or set export: dense"
+                )
+        return self
 
     def folder_name(self) -> str:
         return self.name or ("low_rank-data_aware" if self.data_aware else "low_rank")

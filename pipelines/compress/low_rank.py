@@ -2,11 +2,14 @@
 U_r diag(s_r) V_r^T, the rank chosen per layer by an energy rule (keep `energy` of sum(s^2)) or a fixed
 budget (`rank`).
 
-What is written: a *standard* Llama folder holding the reconstructed dense weights W_r = U_r S_r V_r^T,
-so transformers and vLLM load it unchanged (the export route the issue allows for low-rank models). Its
-size and speed are those of the base model; the factorized form's parameter count and transformers
-generation speed are measured in-process and recorded in the manifest's `method_info` (serving the
-factorized form needs custom modelling code: not done).
+What is written (`export`):
+- factorized (the default): the factor pairs themselves, A = S_r^1/2 V_r^T [r, in] and B = U_r S_r^1/2
+  [out, r], stored as `<layer>.0.weight` and `<layer>.1.weight` under the architecture
+  `RaylmLowRankLlamaForCausalLM` (`low_rank_hf.py`; vLLM runs it through raylm's plugin,
+  `serving/vllm_low_rank_llama.py`). The folder holds r * (in + out) numbers per layer instead of
+  in * out, and vLLM computes with the two smaller matrices.
+- dense: a *standard* Llama folder of the reconstructed weights W_r = B A, which transformers and vLLM
+  load unchanged, at the base model's size and speed.
 
 `data_aware: true` (in the spirit of DRONE, Chen et al. 2021, and SVD-LLM's whitening): the error that
 matters is the layer's output error on its real inputs, ||(W - W_r) X^T||_F, not ||W - W_r||_F. With
@@ -17,11 +20,16 @@ W_r = U_r S_r V_r^T L^{-1}.
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
+from pathlib import Path
 
 import torch
 
+from pipelines.compress import low_rank_hf
 from pipelines.compress.calibration import decoder_linears
+from pipelines.compress.low_rank_hf import ARCHITECTURE, MODELING_FILE
 
 
 def choose_rank(s: torch.Tensor, energy: float | None, rank: int | None) -> int:
@@ -110,6 +118,19 @@ def target_covariances(model, targets: list[str], windows: torch.Tensor) -> dict
     return {k: h / 2 for k, h in input_hessians(model, windows, layers).items()}
 
 
+def write_factorized(ctx, model, ranks: dict[str, int], out_dir: str) -> None:
+    """Save the factorized model as a `RaylmLowRankLlamaForCausalLM` folder: its weights, a config that
+    names the architecture and lists the ranks, and the modelling file for `trust_remote_code` users."""
+    ctx.save(model, out_dir)
+    path = Path(out_dir, "config.json")
+    config = json.loads(path.read_text())
+    config["architectures"] = [ARCHITECTURE]
+    config["low_rank_ranks"] = dict(ranks)
+    config["auto_map"] = {"AutoModelForCausalLM": f"{Path(MODELING_FILE).stem}.{ARCHITECTURE}"}
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    shutil.copyfile(low_rank_hf.__file__, Path(out_dir, MODELING_FILE))
+
+
 def apply(ctx, cfg, out_dir: str) -> dict:
     from pipelines.compress.measure import generation_speed
     from pipelines.compress.recovery import recovery_finetune
@@ -138,13 +159,20 @@ def apply(ctx, cfg, out_dir: str) -> dict:
         "factorized_speedup": round(factored_speed / dense_speed, 3),
         "measure_s": round(time.perf_counter() - t0, 1),
         "data_aware": cfg.data_aware,
-        "export": "dense W_r = B @ A in a standard Llama folder",
+        "export": (
+            f"factorized: {ARCHITECTURE} (factor pairs; raylm's vLLM plugin serves it)"
+            if cfg.export == "factorized"
+            else "dense W_r = B @ A in a standard Llama folder"
+        ),
     }
-    if cfg.recovery_steps:  # the factors train; the export multiplies the trained factors back
+    if cfg.recovery_steps:  # the factors train
         train = ctx.train_windows(min(64, cfg.recovery_steps * 4))
         info["recovery"] = recovery_finetune(model, train, cfg.recovery_steps, cfg.recovery_lr)
         with torch.no_grad():
             dense = {n: model.get_submodule(n)[1].weight @ model.get_submodule(n)[0].weight for n in ranks}
+    if cfg.export == "factorized":
+        write_factorized(ctx, model, ranks, out_dir)
+        return info
     export = ctx.load_model()
     with torch.no_grad():
         for name, w in dense.items():

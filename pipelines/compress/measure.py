@@ -49,10 +49,9 @@ def stored_parameters(folder: str) -> int:
 def load_for_eval(folder: str):
     """The folder as transformers loads it (compressed-tensors folders decompress to float weights; W8A8
     keeps its per-token activation fake-quantization), in float32, eval mode."""
-    from transformers import AutoModelForCausalLM
+    from pipelines.compress.low_rank_hf import load_causal_lm
 
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    return model.eval()
+    return load_causal_lm(folder, dtype=torch.float32).eval()
 
 
 @torch.no_grad()
@@ -92,21 +91,30 @@ def measure_folder(folder: str, tokenizer, eval_windows: torch.Tensor, gen_token
 
 
 VLLM_SCRIPT = textwrap.dedent("""
-    import json, sys, time
+    import json, statistics, sys, time
     from vllm import LLM, SamplingParams
 
-    def main():
-        folder, n = sys.argv[1], int(sys.argv[2])
+    def timed(llm, prompts, params):
         t0 = time.perf_counter()
-        llm = LLM(model=folder, dtype="bfloat16", enforce_eager=True, max_model_len=512, seed=0)
+        out = llm.generate(prompts, params, use_tqdm=False)
+        return sum(len(o.outputs[0].token_ids) for o in out) / (time.perf_counter() - t0), out
+
+    def main():
+        folder, n, dtype, batch = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+        t0 = time.perf_counter()
+        llm = LLM(model=folder, dtype=dtype, enforce_eager=True, max_model_len=512, seed=0,
+                  max_num_seqs=max(batch, 1))
         load_s = time.perf_counter() - t0
         params = SamplingParams(max_tokens=n, min_tokens=n, temperature=0.0)
-        llm.generate(["Warm up"], SamplingParams(max_tokens=2, temperature=0.0))
-        t0 = time.perf_counter()
-        out = llm.generate(["The history of the English language"], params)
-        took = time.perf_counter() - t0
-        res = {"load_s": load_s, "tokens_per_s": len(out[0].outputs[0].token_ids) / took,
-               "text": out[0].outputs[0].text}
+        prompt = "The history of the English language"
+        llm.generate(["Warm up"], SamplingParams(max_tokens=2, temperature=0.0), use_tqdm=False)
+        runs = [timed(llm, [prompt], params) for _ in range(3)]
+        res = {"load_s": load_s, "dtype": dtype, "tokens_per_s": statistics.median(r[0] for r in runs),
+               "runs": [r[0] for r in runs], "text": runs[-1][1][0].outputs[0].text}
+        if batch > 1:  # distinct prompts: the prefix cache shares nothing but the common suffix's blocks
+            prompts = [f"Chapter {i}. {prompt}" for i in range(batch)]
+            batch_runs = [timed(llm, prompts, params)[0] for _ in range(3)]
+            res.update(batch=batch, batch_tokens_per_s=statistics.median(batch_runs), batch_runs=batch_runs)
         print("VLLM_RESULT " + json.dumps(res))
 
     if __name__ == "__main__":
@@ -114,15 +122,28 @@ VLLM_SCRIPT = textwrap.dedent("""
 """)
 
 
-def vllm_speed(folder: str, new_tokens: int, timeout: int = 600) -> dict:
-    """Load the folder in vLLM (a subprocess: the engine's memory is freed with it) and time a greedy
-    decode. Returns {"load_s", "tokens_per_s", "text"} or {"error": ...}."""
+def served_dtype(folder: str) -> str:
+    """The dtype raylm's serving app runs the folder in on this machine (`serving/app.py`): vLLM's `auto`
+    where the CPU computes bf16 natively or the folder is quantized, float32 otherwise (emulated bf16
+    is slower as soon as several sequences decode together)."""
+    from pipelines.hardware import cpu_has_native_bf16
+
+    config = json.loads(Path(folder, "config.json").read_text())
+    return "auto" if cpu_has_native_bf16() or config.get("quantization_config") else "float32"
+
+
+def vllm_speed(folder: str, new_tokens: int, batch: int = 16, timeout: int = 600) -> dict:
+    """Load the folder in vLLM (a subprocess: the engine's memory is freed with it) in the dtype the
+    serving app would pick, and time greedy decodes of `new_tokens` after a warm-up: one sequence three
+    times, then `batch` sequences at once three times (skipped if batch <= 1). Returns {"load_s",
+    "dtype", "tokens_per_s" (one sequence, the median), "runs", "batch_tokens_per_s" (all sequences'
+    tokens per second, the median), "batch_runs", "text"} or {"error": ...}."""
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
     # a script file, not `-c`: vLLM's worker processes re-import the main module
     script = Path(tempfile.mkdtemp(prefix="raylm-vllm-")) / "vllm_speed.py"
     script.write_text(VLLM_SCRIPT)
     out = subprocess.run(
-        [sys.executable, str(script), folder, str(new_tokens)],
+        [sys.executable, str(script), folder, str(new_tokens), served_dtype(folder), str(batch)],
         capture_output=True,
         text=True,
         env=env,

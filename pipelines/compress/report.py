@@ -10,7 +10,8 @@ from pathlib import Path
 def table(base: dict, results: dict) -> str:
     head = (
         "| model | params | params (shared / factorized) | size MB | bytes/param | perplexity | ppl ratio "
-        "| size ratio | tok/s (HF) | tok/s (vLLM) |\n|---|---|---|---|---|---|---|---|---|---|\n"
+        "| size ratio | tok/s (HF) | tok/s (vLLM) | tok/s (vLLM, batch) |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     rows = [_row("base", base)] + [_row(name, r) for name, r in results.items()]
     return head + "\n".join(rows) + "\n"
@@ -21,16 +22,16 @@ def _alt_parameters(m: dict) -> str:
     unique parameters, low rank's factorized ones; '-' where the folder is that form."""
     info = m.get("method_info") or {}
     alt = info.get("unique_parameters") or info.get("factorized_parameters")
-    return f"{alt / 1e6:.1f}M" if alt else "-"
+    return f"{alt / 1e6:.1f}M" if alt and alt != m["parameters"] else "-"
 
 
 def _row(name: str, m: dict) -> str:
-    v = m.get("vllm_tokens_per_s")
+    v, vb = m.get("vllm_tokens_per_s"), m.get("vllm_batch_tokens_per_s")
     return (
         f"| {name} | {m['parameters'] / 1e6:.1f}M | {_alt_parameters(m)} | {m['size_bytes'] / 1e6:.1f} "
         f"| {m['bytes_per_parameter']:.3f} "
         f"| {m['perplexity']:.3f} | {m.get('perplexity_ratio', 1.0):.3f} | {m.get('size_ratio', 1.0):.3f} "
-        f"| {m['hf_tokens_per_s']:.1f} | {f'{v:.1f}' if v else '-'} |"
+        f"| {m['hf_tokens_per_s']:.1f} | {f'{v:.1f}' if v else '-'} | {f'{vb:.1f}' if vb else '-'} |"
     )
 
 

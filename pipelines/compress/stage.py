@@ -166,6 +166,8 @@ def _measure(folder: str, tokenizer, eval_w, cfg: CompressConfig) -> dict:
         metrics["vllm"] = v
         if "tokens_per_s" in v:
             metrics["vllm_tokens_per_s"] = round(v["tokens_per_s"], 2)
+        if "batch_tokens_per_s" in v:
+            metrics["vllm_batch_tokens_per_s"] = round(v["batch_tokens_per_s"], 2)
     return metrics
 
 
@@ -176,8 +178,10 @@ def _relative(m: dict, base: dict) -> dict:
         "parameter_ratio": round(m["parameters"] / base["parameters"], 4),
         "hf_speedup": round(m["hf_tokens_per_s"] / base["hf_tokens_per_s"], 3),
     }
-    if "vllm_tokens_per_s" in m and "vllm_tokens_per_s" in base:
-        out["vllm_speedup"] = round(m["vllm_tokens_per_s"] / base["vllm_tokens_per_s"], 3)
+    pairs = (("vllm_tokens_per_s", "vllm_speedup"), ("vllm_batch_tokens_per_s", "vllm_batch_speedup"))
+    for key, ratio in pairs:
+        if key in m and key in base:
+            out[ratio] = round(m[key] / base[key], 3)
     return out
 
 

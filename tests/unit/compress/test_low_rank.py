@@ -31,9 +31,9 @@ def test_factorization_error_falls_with_rank():
     assert errs[0] > errs[1] > errs[2] and errs[2] < 1e-3
 
 
-def test_model_factorized_and_exported(ctx, tmp_path):
+def test_model_factorized_and_exported_dense(ctx, tmp_path):
     out = str(tmp_path / "lr")
-    info = low_rank.apply(ctx, LowRankMethod(rank=8), out)
+    info = low_rank.apply(ctx, LowRankMethod(rank=8, export="dense"), out)
     assert info["factorized_layers"] == 4 * 3 and info["factorized_parameter_ratio"] < 1
     exported = AutoModelForCausalLM.from_pretrained(out)
     w = exported.model.layers[0].mlp.up_proj.weight
@@ -83,8 +83,48 @@ def test_data_aware_much_better_on_correlated_inputs():
 def test_data_aware_with_recovery_exports(ctx, tmp_path):
     out = str(tmp_path / "lrda")
     info = low_rank.apply(
-        ctx, LowRankMethod(rank=8, data_aware=True, recovery_steps=3, recovery_lr=1e-3), out
+        ctx, LowRankMethod(rank=8, data_aware=True, recovery_steps=3, recovery_lr=1e-3, export="dense"), out
     )
     assert info["data_aware"] and info["recovery"]["steps"] == 3
     w = AutoModelForCausalLM.from_pretrained(out).model.layers[0].mlp.up_proj.weight
     assert torch.linalg.matrix_rank(w).item() == 8
+
+
+def test_factorized_folder_is_smaller_and_computes_the_rank_r_model(ctx, tmp_path):
+    import json
+
+    from pipelines.compress.low_rank_hf import ARCHITECTURE, MODELING_FILE, load_causal_lm
+    from pipelines.compress.measure import stored_parameters, weights_bytes
+
+    fact, dense = str(tmp_path / "fact"), str(tmp_path / "dense")
+    info = low_rank.apply(ctx, LowRankMethod(rank=8), fact)  # export: factorized is the default
+    low_rank.apply(ctx, LowRankMethod(rank=8, export="dense"), dense)
+    config = json.loads((tmp_path / "fact" / "config.json").read_text())
+    assert config["architectures"] == [ARCHITECTURE] and len(config["low_rank_ranks"]) == 4 * 3
+    assert (tmp_path / "fact" / MODELING_FILE).is_file()
+    # stored: the factor pairs, not the dense products
+    assert stored_parameters(fact) == info["factorized_parameters"] < stored_parameters(dense)
+    assert weights_bytes(fact) < 0.7 * weights_bytes(dense)
+
+    ids = ctx.calib(2)
+    mine = load_causal_lm(fact).eval()
+    assert isinstance(mine.model.layers[0].mlp.up_proj, torch.nn.Sequential)
+    assert mine.model.layers[0].mlp.up_proj[0].weight.shape == (8, 64)
+    # transformers alone, from the modelling file the folder carries (no raylm import in it)
+    remote = AutoModelForCausalLM.from_pretrained(fact, trust_remote_code=True).eval()
+    assert type(remote).__module__.startswith("transformers_modules")
+    reference = AutoModelForCausalLM.from_pretrained(dense).eval()  # holds W_r = B @ A
+    with torch.no_grad():
+        want = reference(ids).logits
+        assert torch.allclose(mine(ids).logits, want, atol=1e-4)
+        assert torch.allclose(remote(ids).logits, want, atol=1e-4)
+    base = AutoModelForCausalLM.from_pretrained(ctx.base).eval()
+    assert not torch.allclose(base(ids).logits, want, atol=1e-2)  # rank 8 changed the model
+
+
+def test_factorized_export_refuses_attention_targets():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"export: factorized serves factorized MLP projections only"):
+        LowRankMethod(rank=8, targets=["self_attn.q_proj", "mlp.up_proj"])
+    assert LowRankMethod(rank=8, targets=["self_attn.q_proj"], export="dense").export == "dense"

@@ -92,6 +92,22 @@ def test_architecture_check_names_the_model(tmp_path):
         raise AssertionError("unknown architecture accepted")
 
 
+def test_architecture_check_knows_raylms_plugin_models(monkeypatch):
+    from serving import vllm_plugin
+
+    model = ServeModelConfig(name="lowrank", path="/m")
+    spec = ModelSpec.from_config({**SMOLLM2, "architectures": ["RaylmLowRankLlamaForCausalLM"]}, 1)
+    assert vllm_plugin.installed()  # `make setup` installs raylm with its vllm.general_plugins entry point
+    assert check_architecture(spec, model) is None
+    monkeypatch.setattr(vllm_plugin, "installed", lambda: False)
+    try:
+        check_architecture(spec, model)
+    except PlanError as exc:
+        assert "model 'lowrank'" in str(exc) and "reinstall raylm" in str(exc)
+    else:
+        raise AssertionError("a plugin architecture without the plugin installed was accepted")
+
+
 def test_plan_app_reports_every_bad_model(tmp_path):
     from serving.app import plan_app
     from serving.config import ServeConfig
