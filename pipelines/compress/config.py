@@ -119,7 +119,7 @@ class PruneStructuredMethod(SectionConfig):
     similarity."""
     recovery_steps: int = Field(default=0, ge=0)
     """Steps of a short recovery fine-tune (next-token loss, AdamW, batches of 4) on `compress.train_text`
-    after pruning. 0: none."""
+    after pruning, each step on 4 windows not seen before (up to 4,096 windows). 0: none."""
     recovery_lr: float = Field(default=5e-5, gt=0)
     """Learning rate of the recovery fine-tune."""
 
@@ -190,8 +190,8 @@ class LowRankMethod(SectionConfig):
     """data_aware only: fraction of the covariance's mean diagonal added to its diagonal (so it is
     positive definite and its Cholesky factor exists)."""
     recovery_steps: int = Field(default=0, ge=0)
-    """Steps of a short recovery fine-tune of the factorized model (its two factors train) on
-    `compress.train_text`, before the rank-r weights are exported. 0: none."""
+    """Steps of a short recovery fine-tune of the factorized model (its two factors train; batches of 4
+    windows not seen before, up to 4,096) on `compress.train_text`, before the folder is written. 0: none."""
     recovery_lr: float = Field(default=5e-5, gt=0)
     """Learning rate of the recovery fine-tune."""
     export: Literal["factorized", "dense"] = "factorized"
@@ -231,7 +231,8 @@ class WeightShareMethod(SectionConfig):
     """The group's shared weights: the mean of its layers' weights, or its first layer's."""
     recovery_steps: int = Field(default=0, ge=0)
     """Steps of a recovery fine-tune that keeps the weights tied (each group's layers hold one parameter,
-    whose gradient sums over them) on `compress.train_text`. 0: none."""
+    whose gradient sums over them) on `compress.train_text`, batches of 4 windows not seen before (up to
+    4,096). 0: none."""
     recovery_lr: float = Field(default=5e-5, gt=0)
     """Learning rate of the recovery fine-tune."""
 
@@ -256,7 +257,8 @@ class LayerDropMethod(SectionConfig):
     """Explicit indices of the layers to remove (overrides the even spread; `drop_layers` must equal
     their count)."""
     steps: int = Field(default=20, ge=1)
-    """Training steps with LayerDrop (AdamW, next-token loss) on `compress.train_text`."""
+    """Training steps with LayerDrop (AdamW, next-token loss) on `compress.train_text`, each batch of
+    windows not seen before (up to 4,096 windows)."""
     lr: float = Field(default=5e-5, gt=0)
     """Learning rate."""
     batch_size: int = Field(default=4, ge=1)

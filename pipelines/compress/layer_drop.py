@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from pipelines.compress.prune_structured import pruned_model
-from pipelines.compress.recovery import recovery_finetune
+from pipelines.compress.recovery import recovery_finetune, recovery_windows
 from pipelines.compress.text import perplexity
 
 
@@ -75,7 +75,7 @@ def apply(ctx, cfg, out_dir: str) -> dict:
     n = model.config.num_hidden_layers
     dropped = sorted(set(cfg.layers)) if cfg.layers is not None else spread(n, cfg.drop_layers)
     evaluation = ctx.evaluation if ctx.evaluation is not None else ctx.calib(8)
-    train = ctx.train_windows(min(64, cfg.steps * cfg.batch_size))
+    train = recovery_windows(ctx, cfg.steps, cfg.batch_size)
     info: dict = {"dropped_layers": dropped, "kept_layers": n - len(dropped), "drop_rate": cfg.drop_rate}
     if cfg.compare:
         info["base_dropped_perplexity"] = round(perplexity(without_layers(model, dropped), evaluation), 4)

@@ -133,7 +133,7 @@ def write_factorized(ctx, model, ranks: dict[str, int], out_dir: str) -> None:
 
 def apply(ctx, cfg, out_dir: str) -> dict:
     from pipelines.compress.measure import generation_speed
-    from pipelines.compress.recovery import recovery_finetune
+    from pipelines.compress.recovery import recovery_finetune, recovery_windows
 
     model = ctx.load_model()
     before = sum(p.numel() for p in model.parameters())
@@ -166,7 +166,7 @@ def apply(ctx, cfg, out_dir: str) -> dict:
         ),
     }
     if cfg.recovery_steps:  # the factors train
-        train = ctx.train_windows(min(64, cfg.recovery_steps * 4))
+        train = recovery_windows(ctx, cfg.recovery_steps)
         info["recovery"] = recovery_finetune(model, train, cfg.recovery_steps, cfg.recovery_lr)
         with torch.no_grad():
             dense = {n: model.get_submodule(n)[1].weight @ model.get_submodule(n)[0].weight for n in ranks}

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from pipelines.compress.recovery import recovery_finetune
+from pipelines.compress.recovery import recovery_finetune, recovery_windows
 
 
 def _blocks(model):
@@ -215,7 +215,7 @@ def apply(ctx, cfg, out_dir: str) -> dict:
         "parameters_removed_fraction": round(1 - sum(p.numel() for p in small.parameters()) / before, 4),
     }
     if cfg.recovery_steps:
-        train = ctx.train_windows(min(64, cfg.recovery_steps * 4))
+        train = recovery_windows(ctx, cfg.recovery_steps)
         info["recovery"] = recovery_finetune(small, train, cfg.recovery_steps, cfg.recovery_lr)
     ctx.save(small, out_dir)
     return info

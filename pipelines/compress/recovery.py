@@ -34,6 +34,17 @@ def train_on_windows(model, windows: torch.Tensor, steps: int, lr: float, batch_
     }
 
 
+MAX_RECOVERY_WINDOWS = 4096
+"""At most this many distinct training windows (1M tokens at 256 a window); a longer recovery cycles."""
+
+
+def recovery_windows(ctx, steps: int, batch_size: int = 4) -> torch.Tensor:
+    """The windows a recovery of `steps` steps reads: a new window for every sample (up to
+    MAX_RECOVERY_WINDOWS), so a longer recovery sees more text instead of repeating the same windows.
+    (Until Dec 6 it cycled over at most 64.)"""
+    return ctx.train_windows(min(MAX_RECOVERY_WINDOWS, steps * batch_size))
+
+
 def recovery_finetune(model, windows: torch.Tensor, steps: int, lr: float, batch_size: int = 4) -> dict:
     """Next-token fine-tuning of `model` in place (see `train_on_windows`)."""
     return train_on_windows(

@@ -128,3 +128,15 @@ def test_factorized_export_refuses_attention_targets():
     with pytest.raises(ValidationError, match=r"export: factorized serves factorized MLP projections only"):
         LowRankMethod(rank=8, targets=["self_attn.q_proj", "mlp.up_proj"])
     assert LowRankMethod(rank=8, targets=["self_attn.q_proj"], export="dense").export == "dense"
+
+
+def test_recovery_reads_new_windows_for_every_step(ctx, heldout_file):
+    from dataclasses import replace
+
+    from pipelines.compress import recovery
+
+    text = replace(ctx, train_text=heldout_file)
+    windows = recovery.recovery_windows(text, steps=5)  # 5 steps of 4: 20 distinct windows, not 64 cycled
+    assert windows.shape == (20, ctx.calibration.shape[1])
+    assert len({tuple(w.tolist()) for w in windows}) == 20
+    assert recovery.recovery_windows(text, steps=2).equal(windows[:8])  # the same text, in order
