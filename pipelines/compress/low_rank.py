@@ -87,8 +87,8 @@ def low_rank(
     dampening: float = 0.01,
 ):
     """Factorize the targets in place: each becomes Sequential(Linear(in, r), Linear(r, out)). Returns
-    {layer: rank} (layers kept dense are left out) and the dense weights W_r for the standard export."""
-    ranks, dense = {}, {}
+    {layer: rank} (layers kept dense are left out)."""
+    ranks = {}
     for name, lin in decoder_linears(model).items():
         if not any(name.endswith(t) for t in targets):
             continue
@@ -106,8 +106,7 @@ def low_rank(
             second.bias.copy_(lin.bias)
         _replace(model, name, torch.nn.Sequential(first, second))
         ranks[name] = r
-        dense[name] = b @ a
-    return ranks, dense
+    return ranks
 
 
 def target_covariances(model, targets: list[str], windows: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -141,9 +140,7 @@ def apply(ctx, cfg, out_dir: str) -> dict:
     covs = (
         target_covariances(model, cfg.targets, ctx.calib(cfg.calibration_samples)) if cfg.data_aware else None
     )
-    ranks, dense = low_rank(
-        model, cfg.targets, cfg.energy, cfg.rank, cfg.skip_if_not_smaller, covs, cfg.dampening
-    )
+    ranks = low_rank(model, cfg.targets, cfg.energy, cfg.rank, cfg.skip_if_not_smaller, covs, cfg.dampening)
     del covs
     after = sum(p.numel() for p in model.parameters())
     t0 = time.perf_counter()
@@ -168,14 +165,13 @@ def apply(ctx, cfg, out_dir: str) -> dict:
     if cfg.recovery_steps:  # the factors train
         train = recovery_windows(ctx, cfg.recovery_steps)
         info["recovery"] = recovery_finetune(model, train, cfg.recovery_steps, cfg.recovery_lr)
-        with torch.no_grad():
-            dense = {n: model.get_submodule(n)[1].weight @ model.get_submodule(n)[0].weight for n in ranks}
     if cfg.export == "factorized":
         write_factorized(ctx, model, ranks, out_dir)
         return info
-    export = ctx.load_model()
+    export = ctx.load_model()  # dense: the base with each factorized layer's W_r = B @ A
     with torch.no_grad():
-        for name, w in dense.items():
-            export.get_submodule(name).weight.copy_(w)
+        for name in ranks:
+            pair = model.get_submodule(name)
+            export.get_submodule(name).weight.copy_(pair[1].weight @ pair[0].weight)
     ctx.save(export, out_dir)
     return info
