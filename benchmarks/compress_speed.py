@@ -38,6 +38,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16, help="sequences decoded at once in the batch figure")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args()
+    if args.batch < 2:
+        ap.error("--batch must be at least 2 (the one-sequence figure is always measured)")
 
     from pipelines.compress.measure import vllm_speed
 
