@@ -25,15 +25,13 @@ class CompressContext:
     control); None: they use the calibration windows."""
 
     def train_windows(self, n: int) -> torch.Tensor:
-        """n windows of training text (of the calibration windows' length)."""
+        """Up to n windows of training text (of the calibration windows' length): fewer when the text is
+        shorter (`text.training_windows`; callers cycle over them and record how many were distinct)."""
         if self.train_text is None:
             return self.calibration[:n]
-        from pipelines.compress.text import token_windows
+        from pipelines.compress.text import training_windows
 
-        seq_len = self.calibration.shape[1]
-        return token_windows(self.tokenizer, self.train_text, seq_len, eval_tokens=seq_len, calib_windows=n)[
-            1
-        ]
+        return training_windows(self.tokenizer, self.train_text, self.calibration.shape[1], n)
 
     def load_model(self):
         from transformers import AutoModelForCausalLM

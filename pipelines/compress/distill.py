@@ -82,6 +82,7 @@ def apply(ctx, cfg, out_dir: str) -> dict:
         "teacher_layers": teacher.config.num_hidden_layers,
         "temperature": cfg.temperature,
         "alpha": cfg.alpha,
+        "distinct_windows": len(windows),
     }
     if cfg.ray_train:
         from pipelines.compress.distill_ray import distill_on_ray

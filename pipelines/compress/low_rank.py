@@ -71,11 +71,6 @@ def whitening(covariance: torch.Tensor, dampening: float) -> torch.Tensor:
     return torch.linalg.cholesky(c)
 
 
-def _replace(model, name: str, new: torch.nn.Module) -> None:
-    parent, leaf = name.rsplit(".", 1)
-    setattr(model.get_submodule(parent), leaf, new)
-
-
 @torch.no_grad()
 def low_rank(
     model,
@@ -98,13 +93,12 @@ def low_rank(
         out_f, in_f = lin.weight.shape
         if skip_if_not_smaller and r * (in_f + out_f) >= in_f * out_f:
             continue
-        first = torch.nn.Linear(in_f, r, bias=False)
-        second = torch.nn.Linear(r, out_f, bias=lin.bias is not None)
+        low_rank_hf.factorize_modules(model, {name: r})  # the pair the folder's class loads into
+        first, second = model.get_submodule(name)
         first.weight.copy_(a)
         second.weight.copy_(b)
         if lin.bias is not None:
             second.bias.copy_(lin.bias)
-        _replace(model, name, torch.nn.Sequential(first, second))
         ranks[name] = r
     return ranks
 

@@ -28,6 +28,7 @@ def train_on_windows(model, windows: torch.Tensor, steps: int, lr: float, batch_
     model.eval()
     return {
         "steps": steps,
+        "distinct_windows": n,
         "first_loss": round(losses[0], 4),
         "last_loss": round(losses[-1], 4),
         "train_s": round(time.perf_counter() - t0, 1),
@@ -40,8 +41,9 @@ MAX_RECOVERY_WINDOWS = 4096
 
 def recovery_windows(ctx, steps: int, batch_size: int = 4) -> torch.Tensor:
     """The windows a recovery of `steps` steps reads: a new window for every sample (up to
-    MAX_RECOVERY_WINDOWS), so a longer recovery sees more text instead of repeating the same windows.
-    (Until Dec 6 it cycled over at most 64.)"""
+    MAX_RECOVERY_WINDOWS, and up to what `train_text` holds: fortunes.jsonl gives about 2,700 windows of
+    256 tokens), so a longer recovery sees more text instead of repeating the same windows; past that it
+    cycles. (Until Dec 6 it cycled over at most 64.)"""
     return ctx.train_windows(min(MAX_RECOVERY_WINDOWS, steps * batch_size))
 
 

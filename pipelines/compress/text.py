@@ -36,23 +36,39 @@ def read_texts(path: str, max_chars: int, key: str = "compress.heldout") -> list
     return texts
 
 
+def _windows(tokenizer, path: str, seq_len: int, max_tokens: int, key: str) -> torch.Tensor:
+    """The file's first ~`max_tokens` tokens (texts joined by EOS) cut into full windows [n, seq_len]."""
+    texts = read_texts(path, max_chars=max_tokens * 6, key=key)  # ~4 characters per BPE token; margin
+    eos = tokenizer.eos_token or ""
+    ids = tokenizer(eos.join(texts), return_tensors="pt").input_ids[0]
+    have = ids.numel() // seq_len
+    return ids[: have * seq_len].view(have, seq_len)
+
+
 def token_windows(
     tokenizer, path: str, seq_len: int, eval_tokens: int, calib_windows: int, key: str = "compress.heldout"
 ):
     """(eval windows [n, seq_len], calibration windows [m, seq_len]) as LongTensors."""
-    need = eval_tokens + calib_windows * seq_len
-    texts = read_texts(path, max_chars=need * 6, key=key)  # ~4 characters per token in English BPE; margin
-    eos = tokenizer.eos_token or ""
-    ids = tokenizer(eos.join(texts), return_tensors="pt").input_ids[0]
     n_eval = max(1, eval_tokens // seq_len)
-    have = ids.numel() // seq_len
-    if have < n_eval + calib_windows:
+    windows = _windows(tokenizer, path, seq_len, eval_tokens + calib_windows * seq_len, key)
+    if len(windows) < n_eval + calib_windows:
         raise TextError(
-            f"{key}: {path} gives {ids.numel()} tokens, fewer than the "
+            f"{key}: {path} gives {len(windows) * seq_len} tokens in full windows, fewer than the "
             f"{(n_eval + calib_windows) * seq_len} that eval_tokens + calibration need"
         )
-    windows = ids[: have * seq_len].view(have, seq_len)
     return windows[:n_eval].clone(), windows[n_eval : n_eval + calib_windows].clone()
+
+
+def training_windows(tokenizer, path: str, seq_len: int, n: int, key: str = "compress.train_text"):
+    """Up to `n` training windows [m, seq_len] of the file, after its first window, which is skipped (the
+    calibration split's convention). A file with fewer gives all it has (`m < n`; a training loop cycles
+    over them, and the method records `distinct_windows`); one with none is refused."""
+    windows = _windows(tokenizer, path, seq_len, (n + 1) * seq_len, key)[1 : n + 1]
+    if len(windows) == 0:
+        raise TextError(
+            f"{key}: {path} has fewer than {2 * seq_len} tokens: no training window after the first"
+        )
+    return windows.clone()
 
 
 @torch.no_grad()
