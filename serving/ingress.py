@@ -25,6 +25,13 @@ What raylm adds on top of Ray's switches:
   mixed concurrency-32 benchmark, the controller took 0.9-1.2 CPU-seconds per 27-33 s run at 0.1 s
   and 0.34-0.46 at 0.5 s, CPU that the engine's pinned OpenMP threads lose. The cost: Serve notices a
   replica's state changes up to 0.4 s later;
+- `RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S=2` (Ray's default 30): a stopping ingress replica
+  stays reachable this long so that load balancers in front of it can deregister it, and only then
+  refuses new connections and drains. Here the only balancer in front of it is Serve's own HAProxy,
+  which the controller reloads on its next step (0.5 s, above), and HAProxy retries a refused
+  connection on another replica. With 30 s, deleting the app (`raylm serve`'s Ctrl-C, a redeploy, a
+  test's teardown) took 31 s on the 2-core dev VM; with 2 s it took 4 s. In-flight requests still
+  get the replica's graceful shutdown timeout (20 s) to finish;
 - Ray's HAProxy template binds its stats page and Prometheus frontend to every interface on fixed ports
   (8404, 9101). raylm gives them free ports and starts HAProxy through a small wrapper that rebinds them
   to 127.0.0.1 (the app's own frontend keeps `serve.host`), so two local runs do not collide and
@@ -50,6 +57,7 @@ THROUGHPUT_ENV = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1",
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
 }
 
 INGRESS_REPLICA_ENV = {"RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}

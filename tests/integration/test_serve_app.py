@@ -91,8 +91,13 @@ def served(tmp_path_factory):
                 yield {"cfg": cfg, "plan": app_plan, "running": running, "url": running.url,
                        "adapter": adapter, "base": base}
             finally:
+                t0 = time.monotonic()
                 stop_app(cfg)
+                deleted_s = time.monotonic() - t0
                 serve.shutdown()
+    # Deleting the app waits for the ingress replica's drain (serving/ingress.py: 2 s, not Ray's 30 s
+    # for external load balancers; 31 s here with 30) and for in-flight requests
+    assert deleted_s < 15, f"deleting the app took {deleted_s:.1f} s"
 
 
 @pytest.fixture(scope="module")
