@@ -157,6 +157,7 @@ def test_recovery_longer_than_the_text_cycles_over_all_of_it(ctx, tmp_path):
     assert 1 <= len(windows) < 40
     assert len({tuple(w.tolist()) for w in windows}) == len(windows)
     model = AutoModelForCausalLM.from_pretrained(ctx.base)
+    assert len(windows) < 3 * 4  # so the 3 steps of 4 below go round the file's windows more than once
     info = recovery.recovery_finetune(model, windows, steps=3, lr=1e-4)
     assert info["steps"] == 3 and info["distinct_windows"] == len(windows)
     one_window = tmp_path / "tiny.txt"
