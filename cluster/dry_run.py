@@ -57,8 +57,10 @@ def _external(recipe: Recipe, stage: str) -> list[tuple[str, str]]:
             for k in ("path", "input")
             if (v := getattr(recipe.tokenizer, k))
         ]
-    elif stage == "pretrain" and recipe.pretrain and recipe.pretrain.data:
-        out.append(("pretrain.data", resolve_path(recipe.pretrain.data)))
+    elif stage == "pretrain" and recipe.pretrain:
+        for k in ("data", "init_from"):
+            if v := getattr(recipe.pretrain, k):
+                out.append((f"pretrain.{k}", resolve_path(v)))
     elif stage == "finetune" and recipe.finetune:
         if recipe.finetune.base:
             out.append(("finetune.base", resolve_path(recipe.finetune.base)))
@@ -129,7 +131,11 @@ def _describe_pretrain(recipe: Recipe, view: StageView) -> None:
     model = recipe.model or ModelConfig()
     seq_len = recipe.tokenizer.seq_len if recipe.tokenizer else 2048
     vocab = recipe.tokenizer.vocab_size if recipe.tokenizer else (model.vocab_size or 32000)
-    shape = shape_of_preset(model, vocab, f"the {model.family} {model.preset} preset")
+    init = recipe.pretrain.init_from
+    if init:  # continued pretraining: the folder is the model (None: not on this machine)
+        shape = shape_of_folder(resolve_path(init), None)
+    else:
+        shape = shape_of_preset(model, vocab, f"the {model.family} {model.preset} preset")
     _training(view, recipe.pretrain, shape, seq_len, None)
     hook = getattr(importlib.import_module("cluster.stages.pretrain"), "describe_layout", None)
     if callable(hook):  # the pretrain planner's own account of its parallel layout, when it has one

@@ -32,9 +32,27 @@ def plan(recipe: Recipe, run_folder: RunFolder) -> StagePlan | None:
     cfg = recipe.pretrain
     if cfg is None:
         return None
-    from pipelines.train.stage import PretrainInputError, inspect, preflight, run_pretrain
+    from pipelines.train.stage import (
+        PretrainInputError,
+        init_model_section,
+        inspect,
+        preflight,
+        run_pretrain,
+    )
 
     model = recipe.model or ModelConfig()
+    if cfg.init_from:
+        if recipe.model is not None:
+            raise RecipeError(
+                [
+                    f"model: set together with pretrain.init_from ({cfg.init_from}): the folder's config "
+                    "is the model that trains; remove the model section"
+                ]
+            )
+        try:
+            model = init_model_section(cfg)
+        except PretrainInputError as exc:
+            raise RecipeError(exc.problems) from None
     if cfg.data:
         token_dir, data_key = resolve_path(cfg.data), "pretrain.data"
     else:
@@ -48,6 +66,8 @@ def plan(recipe: Recipe, run_folder: RunFolder) -> StagePlan | None:
         token_dir, data_key = run_folder.stage_dir("tokenize"), "pretrain (the tokenize stage's output)"
     config = stage_config(recipe)
     inputs = {"data": token_dir}
+    if cfg.init_from:  # a re-run of the stage that wrote the folder re-runs this one
+        inputs["init_from"] = resolve_path(cfg.init_from)
     current = run_folder.is_current(STAGE, config, inputs)
     try:
         if current is None:  # it will run: check it can, now

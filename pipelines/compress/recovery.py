@@ -1,6 +1,7 @@
 """A short recovery fine-tune after a structural change: next-token loss with AdamW on calibration
 windows, in this process. A few dozen steps on a small model take a minute on a CPU; a longer recovery
-belongs to the finetune stage (Ray Train), pointed at the compressed folder."""
+is continued pretraining on Ray Train + DeepSpeed (`pretrain.init_from: <the compressed folder>`;
+pipelines/recipes/recover-pruned.yaml), which scales to GPUs and checkpoints."""
 
 from __future__ import annotations
 

@@ -30,7 +30,12 @@ def pretrain(run: RunData, out: Path) -> Section:
     sec.blocks.append(
         kv(
             [
-                ("model", f"{m.get('family', '?')} / {m.get('preset', '?')}"),
+                (
+                    "model",
+                    f"continued from {m['init_from']}"
+                    if m.get("init_from")
+                    else f"{m.get('family', '?')} / {m.get('preset', '?')}",
+                ),
                 ("workers", m.get("world_size")),
                 ("precision", m.get("precision")),
                 ("steps", m.get("step")),

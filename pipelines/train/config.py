@@ -33,6 +33,13 @@ class PretrainConfig(ParallelSection, AllocatorSection):
     data: str | None = None
     """A tokenize-stage folder to train on (tokenizer/, train/, heldout/ Parquet of packed sequences), local
     or `s3://`; `assets:` paths work. None: this run's `<run>/tokenize/`."""
+    init_from: str | None = None
+    """A Hugging Face model folder (Llama-style decoder; local path every node reads, `assets:` paths work)
+    to start from instead of random weights: continued pretraining. E.g. the long recovery of a
+    structurally pruned or distilled model (`<run>/compress/prune_structured` of another run), or the
+    reference model on new text. The folder's config is the model: leave the `model` section out. The
+    tokenize stage must use the folder's tokenizer (`tokenizer.path: <folder>`); another one is refused
+    before any worker starts. Not with a pipeline/tensor layout. None: a new model from `model`."""
     num_workers: int = Field(default=2, ge=1)
     """Ray Train workers, one process (and one GPU, with use_gpu) each. They train data-parallel: each
     streams its own shard of the data and ZeRO partitions optimizer state (1), gradients (2) and
@@ -128,6 +135,11 @@ class PretrainConfig(ParallelSection, AllocatorSection):
             problems.append("precision fp16 needs GPUs (use_gpu is false): CPUs train in bf16 or fp32")
         if self.warmup_steps >= self.max_steps and self.max_steps > 1:
             problems.append(f"warmup_steps ({self.warmup_steps}) must be below max_steps ({self.max_steps})")
+        if self.init_from and self.model_parallel:
+            problems.append(
+                "init_from with a pipeline/tensor layout: the layout's workers build their own stage of a "
+                "new model; continued pretraining runs data parallel (ZeRO shards it)"
+            )
         problems += self.parallel_problems()
         if problems:
             raise ValueError("; ".join(problems))

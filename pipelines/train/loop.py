@@ -194,7 +194,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         from transformers.integrations import HfDeepSpeedConfig
 
         hf_ds_config = HfDeepSpeedConfig(ds_config)
-    model = build_model(model_cfg, vocab)
+    if config.get("init_from"):
+        # continued pretraining: the folder's weights (under ZeRO-3, loaded partitioned like from_config)
+        from pipelines.models.config import hf_auto_class
+
+        model = hf_auto_class(model_cfg.family).from_pretrained(
+            config["init_from"], dtype=torch.float32, attn_implementation=model_cfg.attn_implementation
+        )
+        model.config.use_cache = False
+    else:
+        model = build_model(model_cfg, vocab)
     if cfg.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     optimizer = make_optimizer(model, cfg, on_gpu)

@@ -9,7 +9,9 @@ Ray Data streams of the Parquet shards, checkpointing into `checkpoint_storage/p
 the stage folder, which an interrupted stage gets back empty). `<key>` hashes what determines the training
 trajectory (model, data, optimisation settings) but not its length (max_steps, time_budget_s) nor the
 logging and checkpoint cadence: re-running the same recipe, or the same one with more steps, continues from
-the latest checkpoint. The stage folder gets:
+the latest checkpoint. With `pretrain.init_from` the workers start from a model folder's weights instead of
+a new model (continued pretraining), and the folder's config stands for the `model` section in every
+check (`init_model_section`). The stage folder gets:
 
 - `model/`: the trained model as a Hugging Face folder with its tokenizer (transformers, vLLM load it);
 - `metrics.jsonl` (one record per step and per evaluation, every attempt), `tensorboard/`,
@@ -27,7 +29,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from pipelines.assets import asset_paths
+from pipelines.assets import asset_paths, resolve_path
 from pipelines.models import ModelConfig, ModelConfigError, hf_config, max_positions
 from pipelines.models.build import model_vocab_size
 from pipelines.run_folder import config_hash, input_record, join, remove_tree, write_json_atomic
@@ -47,6 +49,33 @@ class PretrainInputError(ValueError):
 
 # ------------------------------------------------------------------------------------------------
 # Checks before any worker starts
+
+
+def init_model_section(pretrain: PretrainConfig) -> ModelConfig | None:
+    """The model section of `pretrain.init_from`'s folder (its own config), or None without one."""
+    if not pretrain.init_from:
+        return None
+    from pipelines.models.from_folder import model_section_from_folder
+
+    try:
+        return model_section_from_folder(resolve_path(pretrain.init_from))
+    except ModelConfigError as exc:
+        raise PretrainInputError([str(exc)]) from None
+
+
+def check_init_tokenizer(pretrain: PretrainConfig, data: TokenData) -> list[str]:
+    """`pretrain.init_from`'s tokenizer (when the folder has one) must be the one the data was made with."""
+    if not pretrain.init_from:
+        return []
+    from pipelines.models.from_folder import folder_tokenizer_differs
+
+    why = folder_tokenizer_differs(resolve_path(pretrain.init_from), data.tokenizer_dir)
+    if why is None:
+        return []
+    return [
+        f"pretrain.init_from: {pretrain.init_from}: {why}. Tokenize with the model's own tokenizer "
+        f"(tokenizer.path: {pretrain.init_from})"
+    ]
 
 
 def check_model_fits(model: ModelConfig, seq_len: int, seq_len_key: str) -> list[str]:
@@ -168,9 +197,14 @@ def preflight(
     if data is not None:
         problems += check_model_fits(model, data.seq_len, f"{data_key}: the tokenize stage's seq_len")
         problems += check_vocab(model, pretrain, data.tokenizer_size)
-        problems += check_data_size(pretrain, data, data_key)
     elif seq_len is not None:
         problems += check_model_fits(model, seq_len, "tokenizer.seq_len")
+    if pretrain.init_from:  # the model is the folder's config: name that, not the model section
+        where = f"pretrain.init_from ({pretrain.init_from}/config.json): "
+        problems = [where + p.removeprefix("model.") if p.startswith("model.") else p for p in problems]
+    if data is not None:
+        problems += check_init_tokenizer(pretrain, data)
+        problems += check_data_size(pretrain, data, data_key)
     problems += check_layout(pretrain, resources)
     problems += _parallel_problems(model, pretrain)
     if problems:
@@ -263,6 +297,7 @@ def run_pretrain(
     from ray.train import DataConfig
 
     t0 = time.perf_counter()
+    model = init_model_section(pretrain) or model
     data = inspect(token_dir, data_key)
     resources = ray.cluster_resources()
     preflight(model, pretrain, data, resources=resources, data_key=data_key)
@@ -298,7 +333,11 @@ def run_pretrain(
 
     flops_seq = train_flops_per_sequence(model.family, cfg_hf, enc_len, dec_len)
 
-    key = checkpoint_key(model, pretrain, input_record(token_dir)["fingerprint"], seed)
+    fingerprint = input_record(token_dir)["fingerprint"]
+    init_dir = resolve_path(pretrain.init_from) if pretrain.init_from else None
+    if init_dir:  # other weights in the same folder are another trajectory
+        fingerprint = f"{fingerprint}+{input_record(init_dir)['fingerprint'] or _folder_stamp(init_dir)}"
+    key = checkpoint_key(model, pretrain, fingerprint, seed)
     name = f"pretrain-{key}"
     run_root = join(checkpoint_root, name)
     if fresh:
@@ -324,6 +363,7 @@ def run_pretrain(
         "train_rows": data.train_rows,
         "heldout_rows": eval_rows,
         "train_flops_per_sequence": flops_seq,
+        "init_from": str(Path(init_dir).resolve()) if init_dir else None,
         "torch_extensions_dir": os.environ.get("TORCH_EXTENSIONS_DIR", str(asset_paths().torch_extensions)),
     }
     datasets = _datasets(data, eval_rows, ordered=pretrain.model_parallel)
@@ -358,14 +398,14 @@ def run_pretrain(
     local_out = "://" not in out_dir
     if local_out:
         write_tensorboard(records, join(out_dir, "tensorboard"))
-        plot_loss_curve(
-            records, join(out_dir, "loss_curve.png"), title=f"{model.family} {model.preset}: pretraining loss"
-        )
+        what = Path(init_dir).name if init_dir else f"{model.family} {model.preset}"
+        plot_loss_curve(records, join(out_dir, "loss_curve.png"), title=f"{what}: pretraining loss")
     write_json_atomic(join(out_dir, "deepspeed_config.json"), final.get("deepspeed_config", {}))
     summary = _summary(records, final, pretrain, flops_seq, fit_s, time.perf_counter() - t0, run_root)
     summary.update(
         family=model.family,
-        preset=model.preset,
+        preset=None if init_dir else model.preset,
+        init_from=init_dir,
         vocab_size=vocab_size,
         seq_len=data.seq_len,
         checkpoint_key=key,
@@ -389,6 +429,12 @@ def _loop_fn(pretrain: PretrainConfig | None = None):
     from pipelines.train.loop import train_loop_per_worker
 
     return train_loop_per_worker
+
+
+def _folder_stamp(folder: str) -> str:
+    """A folder without a raylm manifest (e.g. the reference model): its weight files' sizes and times."""
+    files = sorted(p for p in Path(folder).glob("*.safetensors")) or sorted(Path(folder).glob("*.bin"))
+    return config_hash([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files])
 
 
 def _copy_file(src: str, dst: str) -> None:

@@ -142,3 +142,77 @@ def test_denoising_families_train_a_step_and_export(ray_cluster, tokens, tmp_pat
         assert tok.convert_tokens_to_ids("<extra_id_0>") != tok.unk_token_id  # sentinels exported
     else:
         assert tok.mask_token == "<mask>"
+
+
+def test_continued_pretraining_starts_from_the_folders_weights(ray_cluster, tokens, tmp_path):
+    """`pretrain.init_from`: the workers load the folder (here under ZeRO-3, partitioned as it loads) and
+    train it; the model section is the folder's config (no `model:` in the recipe)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tests.unit.train.test_init_from import save_llama
+
+    init = save_llama(tmp_path / "init", f"{tokens}/tokenizer")
+    # trained a little here, so that its held-out perplexity is far from a new model's (the vocabulary, 400)
+    opt = torch.optim.AdamW(init.parameters(), lr=3e-3)
+    train = _rows(f"{tokens}/train", 64)
+    for i in range(60):
+        x = train[(i * 8) % 64 : (i * 8) % 64 + 8]
+        init(input_ids=x, labels=x).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    init.eval().save_pretrained(tmp_path / "init")
+    start_ppl = _heldout_ppl(init, tokens, 8)
+    assert start_ppl < 200
+    run_dir = tmp_path / "run"
+    text = recipe(
+        run_dir, tokens, "decoder", init_from=str(tmp_path / "init"), zero_stage=3, num_workers=2,
+        max_steps=2, warmup_steps=0, lr=1e-3, weight_decay=0.0,
+    )
+    text = text.replace("model: {family: decoder, preset: tiny}\n", "")
+    run_recipe(parse_recipe(text), only={"pretrain"})
+    stage = run_dir / "pretrain"
+    summary = json.loads((stage / "summary.json").read_text())
+    assert (summary["step"], summary["init_from"], summary["preset"]) == (2, str(tmp_path / "init"), None)
+    trained = AutoModelForCausalLM.from_pretrained(stage / "model")
+    assert trained.config.head_dim == 16 and trained.config.num_attention_heads == 4  # the folder's shape
+    before, after = init.state_dict(), trained.state_dict()
+    assert before.keys() == after.keys()
+    # two AdamW steps at lr 1e-3 move each weight by at most ~2e-3: the run started from these weights
+    # (a new model would be 0.02-scale noise away), and it trained (they moved)
+    drift = max((after[k] - before[k]).abs().max().item() for k in before)
+    assert 1e-4 < drift < 3e-3, drift
+    evals = [r for r in records(stage) if r["kind"] == "eval"]
+    # held-out perplexity of the started-from model, measured here on the same rows, is where it begins
+    print("held-out perplexity, folder -> after 2 steps:", start_ppl, evals[-1]["heldout_ppl"])
+    assert evals and 0.8 < evals[-1]["heldout_ppl"] / start_ppl < 1.02
+
+
+def _rows(folder: str, n: int):
+    import pyarrow.parquet as pq
+    import torch
+
+    return torch.tensor(pq.read_table(folder).column("input_ids").to_pylist()[:n], dtype=torch.long)
+
+
+def _heldout_ppl(model, tokens: str, rows: int) -> float:
+    """As the stage's evaluation computes it: packed rows, each document attending to itself only (no KV
+    cache, so transformers reads the documents' bounds from position_ids)."""
+    import math
+
+    import pyarrow.parquet as pq
+    import torch
+    from transformers import AutoTokenizer
+
+    from pipelines.train.objectives import forward_loss, prepare_batch
+    from pipelines.train.token_data import rows_to_numpy
+    from pipelines.train.vocab import family_tokenizer, objective_spec
+
+    tok = family_tokenizer(AutoTokenizer.from_pretrained(f"{tokens}/tokenizer"), "decoder")
+    spec = objective_spec(tok, "decoder", vocab_size=len(tok))
+    batch = prepare_batch(spec, rows_to_numpy(pq.read_table(f"{tokens}/heldout").slice(0, rows)), None)
+    model.config.use_cache = False
+    with torch.no_grad():
+        loss, _ = forward_loss(spec, model, {k: v for k, v in batch.items() if k != "tokens"})
+    model.config.use_cache = True
+    return math.exp(loss.item())

@@ -20,10 +20,17 @@ def test_the_recipes_exist():
     assert {p.stem for p in RECIPES} >= {"quickstart", "reference", "pretrain-1b-gpu", "finetune-7b-lora-gpu"}
 
 
+SETS = {
+    # its init_from is another run's output (prune-reference.yaml's); the reference model stands in for it
+    "recover-pruned": ["--set", "pretrain.init_from=assets:models/SmolLM2-135M-Instruct"],
+}
+
+
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_recipe_validates_in_dry_run(recipe, tmp_path, assets):
     run_dir = tmp_path / "run"
-    out = runner.invoke(app, ["run", str(recipe), "--dry-run", "--set", f"run_dir={run_dir}"])
+    sets = SETS.get(recipe.stem, [])
+    out = runner.invoke(app, ["run", str(recipe), "--dry-run", "--set", f"run_dir={run_dir}", *sets])
     assert out.exit_code == 0, out.output
     assert "valid: a run would run these stages" in out.output
     assert "PROBLEM" not in out.output
@@ -50,6 +57,19 @@ def test_gpu_recipes_plan_gpu_workers_and_their_memory(tmp_path, assets):
     assert "4 Ray Train workers x (8 CPU + 1 GPU)" in out.output
     assert "6.738 B parameters" in out.output  # Llama-2-7B's shape
     assert "finetune.base: /mnt/shared/models/Llama-2-7b-hf is not on this machine" in out.output
+
+
+def test_continued_pretraining_plans_the_folders_model(tmp_path, assets):
+    run = ["run", "pipelines/recipes/recover-pruned.yaml", "--dry-run", "--set", f"run_dir={tmp_path}/run"]
+    out = runner.invoke(app, [*run, *SETS["recover-pruned"]])
+    assert out.exit_code == 0, out.output
+    # the reference model's shape, read from its folder, not a preset's
+    assert "0.135 B parameters, hidden 576, 30 layers, vocab 49,152" in out.output
+    # the folder the recipe names is another run's output: until that run exists, the plan says so
+    out = runner.invoke(app, run)
+    assert out.exit_code == 2, out.output
+    missing = "runs/prune-reference/compress/prune_structured is not a folder"
+    assert f"PROBLEM:   pretrain.init_from: {missing}" in out.output
 
 
 def test_a_broken_input_fails_the_dry_run(tmp_path, assets):
