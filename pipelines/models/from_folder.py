@@ -13,7 +13,6 @@ own modelling classes in every worker.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from pipelines.models.build import ModelConfigError
@@ -26,23 +25,25 @@ _OVERRIDES = ("rms_norm_eps", "attention_bias", "mlp_bias")
 """Fields of the folder's config with no generic `ModelConfig` field, carried as overrides."""
 
 
-def read_folder_config(folder: str, key: str) -> dict:
-    """The folder's config.json; a missing folder or file, or one that is not JSON, names `key`."""
-    path = Path(folder) / "config.json"
+def read_folder_config(folder: str, key: str):
+    """The folder's transformers config (its defaults filled in, as the workers will load it); a missing
+    folder or config.json, or one transformers cannot read, names `key`."""
     if not Path(folder).is_dir():
         raise ModelConfigError(f"{key}: {folder} is not a folder")
-    if not path.is_file():
+    if not (Path(folder) / "config.json").is_file():
         raise ModelConfigError(f"{key}: {folder} has no config.json: not a Hugging Face model folder")
+    from transformers import AutoConfig
+
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelConfigError(f"{key}: {path} is not readable JSON ({exc})") from None
+        return AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError) as exc:
+        raise ModelConfigError(f"{key}: {folder}/config.json cannot be read ({exc})") from None
 
 
 def model_section_from_folder(folder: str, key: str = "pretrain.init_from") -> ModelConfig:
     """The decoder `ModelConfig` that describes the folder's model exactly (vocabulary unpadded)."""
     c = read_folder_config(folder, key)
-    arch = c.get("architectures") or []
+    arch = c.architectures or []
     if not any(a in DECODER_ARCHITECTURES for a in arch):
         raise ModelConfigError(
             f"{key}: {folder} holds a {'/'.join(arch) or 'model without architectures'}; continued "
@@ -50,27 +51,20 @@ def model_section_from_folder(folder: str, key: str = "pretrain.init_from") -> M
             "its pruned or distilled models, the reference model). Factorized low-rank and weight-shared "
             "folders: export them dense first (low_rank `export: dense`)"
         )
-    needed = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
-    missing = [k for k in needed if k not in c]
-    if missing:
-        raise ModelConfigError(f"{key}: {folder}/config.json lacks {', '.join(missing)}")
-    heads = c["num_attention_heads"]
-    rope = c.get("rope_parameters") or {}
-    theta = rope.get("rope_theta", c.get("rope_theta"))
     fields = dict(
         family="decoder",
-        hidden_size=c["hidden_size"],
-        num_layers=c["num_hidden_layers"],
-        num_heads=heads,
-        num_kv_heads=c.get("num_key_value_heads", heads),
-        head_dim=c.get("head_dim") or c["hidden_size"] // heads,
-        intermediate_size=c["intermediate_size"],
-        max_position_embeddings=c.get("max_position_embeddings", 2048),
-        vocab_size=c["vocab_size"],
+        hidden_size=c.hidden_size,
+        num_layers=c.num_hidden_layers,
+        num_heads=c.num_attention_heads,
+        num_kv_heads=c.num_key_value_heads,
+        head_dim=c.head_dim,
+        intermediate_size=c.intermediate_size,
+        max_position_embeddings=c.max_position_embeddings,
+        vocab_size=c.vocab_size,
         pad_vocab_to_multiple_of=1,
-        tie_word_embeddings=c.get("tie_word_embeddings", False),
-        rope_theta=theta,
-        overrides={k: c[k] for k in _OVERRIDES if c.get(k) is not None},
+        tie_word_embeddings=c.tie_word_embeddings,
+        rope_theta=(c.rope_parameters or {}).get("rope_theta"),
+        overrides={k: getattr(c, k) for k in _OVERRIDES},
     )
     try:
         return ModelConfig(**fields)

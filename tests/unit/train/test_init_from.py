@@ -63,6 +63,9 @@ def test_a_folder_that_cannot_start_a_run_is_refused(token_folder, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(PretrainInputError, match="has no config.json: not a Hugging Face model folder"):
         init_model_section(PretrainConfig(init_from=str(tmp_path / "empty")))
+    (tmp_path / "empty" / "config.json").write_text("{")
+    with pytest.raises(PretrainInputError, match="empty/config.json cannot be read .*not a valid JSON"):
+        init_model_section(PretrainConfig(init_from=str(tmp_path / "empty")))
     save_llama(tmp_path / "lr", f"{token_folder}/tokenizer")
     cfg = json.loads((tmp_path / "lr" / "config.json").read_text())
     cfg["architectures"] = ["RaylmLowRankLlamaForCausalLM"]
