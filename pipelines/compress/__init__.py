@@ -2,7 +2,8 @@
 Hugging Face folder that transformers and vLLM load:
 
 - `quantize` (+ `gptq`, `smoothquant`): W8A8 / W4A16 in compressed-tensors' format;
-- `prune_structured`: attention heads (GQA-consistent), MLP channels, whole layers -> a smaller Llama config;
+- `prune_structured`: attention heads (GQA-consistent), MLP channels, whole layers -> a smaller Llama config,
+  optionally with the layers that read them refit by least squares (`reconstruct`);
 - `prune_unstructured`: magnitude or Wanda sparsity;
 - `low_rank`: truncated SVD with an energy or budget rank rule, plain or data-aware (input-whitened),
   written as its factor pairs (`low_rank_hf`; vLLM runs them through raylm's plugin) or a dense export;

@@ -12,13 +12,26 @@ batches is the first-order estimate of the loss change when the head/channel is 
 2019, "Are Sixteen Heads Really Better than One?"; Molchanov et al.'s Taylor criterion for channels).
 Layers are ranked by block influence (ShortGPT): 1 - cos(input, output) of the layer's residual stream;
 the layers that change it least are dropped.
+
+`reconstruct` then refits the layers that consume the removed features, each kept layer's o_proj (after
+heads go; `heads`) and down_proj (after channels go; `all`), by least squares on calibration inputs, so
+their outputs stay as close as the kept features allow to the original layer's (the reconstruction step of
+ThiNet, Luo et al. 2017, and of He et al. 2017's channel pruning). No library in raylm's stack refits a
+pruned transformer's consumers (llm-compressor's SparseGPT updates the weights left by unstructured or
+N:M sparsity, not after removed heads and channels), so it is written here, on the input Hessians the
+GPTQ pass collects (`calibration.input_hessians`).
 """
 
 from __future__ import annotations
 
 import torch
 
+from pipelines.compress.calibration import input_hessians
 from pipelines.compress.recovery import recovery_finetune, recovery_windows
+
+REFIT_DAMPENING = 0.01
+"""Fraction of the kept inputs' mean covariance diagonal added to its diagonal before solving (as GPTQ's
+damping): the calibration text may leave some directions unseen."""
 
 
 def _blocks(model):
@@ -199,12 +212,63 @@ def pruned_model(model, plan: dict):
     return small.eval()
 
 
+def _consumers(model, plan: dict, layers_of, mlp: bool) -> dict[str, tuple[torch.nn.Linear, torch.Tensor]]:
+    """{name in `model`: (the Linear of `layers_of` (the pruned model's layers), its kept input features)}
+    for each kept layer's o_proj (when heads were removed) and, with `mlp`, down_proj (when MLP channels
+    were)."""
+    c = model.config
+    heads = c.num_attention_heads
+    hd = getattr(c, "head_dim", None) or c.hidden_size // heads
+    out = {}
+    for new_i, old_i in enumerate(plan["layers"]):
+        block = layers_of[new_i]
+        kept_heads, kept_chan = plan["heads"][old_i], plan["channels"][old_i]
+        if len(kept_heads) < heads:
+            rows = torch.tensor([h * hd + d for h in kept_heads for d in range(hd)])
+            out[f"model.layers.{old_i}.self_attn.o_proj"] = (block.self_attn.o_proj, rows)
+        if mlp and len(kept_chan) < c.intermediate_size:
+            out[f"model.layers.{old_i}.mlp.down_proj"] = (block.mlp.down_proj, torch.tensor(kept_chan))
+    return out
+
+
+@torch.no_grad()
+def refit_consumers(model, small, plan: dict, windows: torch.Tensor, mlp: bool = True) -> dict:
+    """Refit `small`'s o_proj (and, with `mlp`, down_proj) in place: W' = argmin E||W x - W' x_kept||^2
+    over the original model's inputs x on `windows` = W C[:, kept] (C[kept, kept] + damping)^-1,
+    C = E[x x^T]. One pass of the original model gives every layer's C (inputs as the unpruned layers see
+    them, as the GPTQ pass here does, rather than layer by layer through the pruned model). Returns the
+    mean output error of the refit relative to plain selection (W[:, kept]), per kind (o_proj,
+    down_proj), on the calibration inputs."""
+    targets = _consumers(model, plan, small.model.layers, mlp)
+    originals = dict(model.named_modules())
+    hessians = input_hessians(model, windows, {name: originals[name] for name in targets})
+    ratios: dict[str, list[float]] = {}
+    for name, (linear, kept) in targets.items():
+        c = hessians.pop(name).double()
+        w = originals[name].weight.double()
+        a = c[kept][:, kept]
+        a = a + REFIT_DAMPENING * a.diagonal().mean() * torch.eye(len(kept), dtype=a.dtype)
+        refit = torch.linalg.solve(a, (w @ c[:, kept]).T).T
+
+        def error(w_kept, c=c, w=w, kept=kept):  # E||W x - W_kept x_kept||^2 from the covariance alone
+            d = torch.cat([w, -w_kept], dim=1)
+            idx = torch.cat([torch.arange(len(c)), kept])
+            return float(torch.einsum("ij,jk,ik->", d, c[idx][:, idx], d))
+
+        ratios.setdefault(name.rsplit(".", 1)[1], []).append(error(refit) / max(error(w[:, kept]), 1e-30))
+        linear.weight.copy_(refit.to(linear.weight.dtype))
+    return {k: float(f"{sum(v) / len(v):.4g}") for k, v in ratios.items()}
+
+
 def apply(ctx, cfg, out_dir: str) -> dict:
     model = ctx.load_model()
     before = sum(p.numel() for p in model.parameters())
     windows = ctx.calib(cfg.calibration_samples)
     plan = plan_pruning(model, cfg, windows)
     small = pruned_model(model, plan)
+    refit = None
+    if cfg.reconstruct != "none":
+        refit = refit_consumers(model, small, plan, windows, mlp=cfg.reconstruct == "all")
     del model
     info = {
         "kept_layers": plan["layers"],
@@ -214,6 +278,8 @@ def apply(ctx, cfg, out_dir: str) -> dict:
         "block_influence": plan["block_influence"],
         "parameters_removed_fraction": round(1 - sum(p.numel() for p in small.parameters()) / before, 4),
     }
+    if refit is not None:
+        info["reconstruction_error_vs_selection"] = refit
     if cfg.recovery_steps:
         train = recovery_windows(ctx, cfg.recovery_steps)
         info["recovery"] = recovery_finetune(small, train, cfg.recovery_steps, cfg.recovery_lr)

@@ -14,7 +14,7 @@ from pipelines.compress.checks import CompressInputError, base_shape, check_meth
 from pipelines.compress.config import CompressConfig
 from pipelines.compress.context import CompressContext, folder_dtype
 from pipelines.compress.measure import measure_folder, vllm_speed
-from pipelines.compress.text import TextError, token_windows
+from pipelines.compress.text import TextError, interleaved_calibration
 from pipelines.run_folder import (
     MANIFEST,
     Manifest,
@@ -63,6 +63,9 @@ def preflight(cfg: CompressConfig, base: str) -> dict:
     problems = []
     if not Path(_resolve(cfg.heldout)).is_file():
         problems.append(f"compress.heldout: {cfg.heldout} is not a file")
+    for i, path in enumerate(cfg.calibration_text or []):
+        if not Path(_resolve(path)).is_file():
+            problems.append(f"compress.calibration_text[{i}]: {path} is not a file")
     trains = any(
         getattr(m, "recovery_steps", 0) or m.method in ("distill", "layer_drop") for m in cfg.methods
     )
@@ -96,8 +99,10 @@ def run_compress(
     tokenizer = AutoTokenizer.from_pretrained(base)
     tokenizer.model_max_length = 10**9  # the held-out text is cut into windows here, not by the tokenizer
     try:
-        eval_w, calib_w = token_windows(
-            tokenizer, _resolve(cfg.heldout), cfg.seq_len, cfg.eval_tokens, _calibration_windows(cfg)
+        heldout = _resolve(cfg.heldout)
+        files = [_resolve(f) for f in cfg.calibration_text] if cfg.calibration_text else [heldout]
+        eval_w, calib_w = interleaved_calibration(
+            tokenizer, files, heldout, cfg.seq_len, cfg.eval_tokens, _calibration_windows(cfg)
         )
     except TextError as exc:
         raise CompressInputError([str(exc)]) from None

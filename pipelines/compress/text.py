@@ -71,6 +71,28 @@ def training_windows(tokenizer, path: str, seq_len: int, n: int, key: str = "com
     return windows.clone()
 
 
+def interleaved_calibration(
+    tokenizer, files: list[str], heldout: str, seq_len: int, eval_tokens: int, n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(eval windows of `heldout`, `n` calibration windows from `files` taken in turn: window 0 of each
+    file, then window 1 of each, ..., so any first k windows hold about as many of each file). The
+    held-out file may be one of them: its calibration windows follow its evaluation windows, as without
+    `files`; the others give theirs after their first window (`training_windows`). A file shorter than
+    its share gives what it has (then there are fewer than `n`)."""
+    share = -(-n // len(files))
+    eval_w, parts = None, []
+    for path in files:
+        if path == heldout:
+            eval_w, calib = token_windows(tokenizer, heldout, seq_len, eval_tokens, share)
+        else:
+            calib = training_windows(tokenizer, path, seq_len, share, key="compress.calibration_text")
+        parts.append(calib)
+    if eval_w is None:
+        eval_w, _ = token_windows(tokenizer, heldout, seq_len, eval_tokens, 0)
+    order = [p[i] for i in range(share) for p in parts if i < len(p)]
+    return eval_w, torch.stack(order[:n])
+
+
 @torch.no_grad()
 def perplexity(model, windows: torch.Tensor, batch_size: int = 4) -> float:
     """exp(mean next-token loss) over the windows (each window scored on its own)."""
