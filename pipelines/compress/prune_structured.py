@@ -38,6 +38,11 @@ def _blocks(model):
     return model.model.layers
 
 
+def _head_rows(heads: list[int], head_dim: int) -> torch.Tensor:
+    """The q_proj output rows (= o_proj input columns) of the listed heads."""
+    return torch.tensor([h * head_dim + d for h in heads for d in range(head_dim)])
+
+
 def gradient_importance(
     model, windows: torch.Tensor, batch_size: int = 2
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -184,7 +189,7 @@ def pruned_model(model, plan: dict):
     sd = {k: v for k, v in old_sd.items() if ".layers." not in k}
     for new_i, old_i in enumerate(plan["layers"]):
         pre, npre = f"model.layers.{old_i}.", f"model.layers.{new_i}."
-        rows = torch.tensor([h * hd + d for h in plan["heads"][old_i] for d in range(hd)])
+        rows = _head_rows(plan["heads"][old_i], hd)
         ch = torch.tensor(plan["channels"][old_i])
         for k, v in old_sd.items():
             if not k.startswith(pre):
@@ -224,7 +229,7 @@ def _consumers(model, plan: dict, layers_of, mlp: bool) -> dict[str, tuple[torch
         block = layers_of[new_i]
         kept_heads, kept_chan = plan["heads"][old_i], plan["channels"][old_i]
         if len(kept_heads) < heads:
-            rows = torch.tensor([h * hd + d for h in kept_heads for d in range(hd)])
+            rows = _head_rows(kept_heads, hd)
             out[f"model.layers.{old_i}.self_attn.o_proj"] = (block.self_attn.o_proj, rows)
         if mlp and len(kept_chan) < c.intermediate_size:
             out[f"model.layers.{old_i}.mlp.down_proj"] = (block.mlp.down_proj, torch.tensor(kept_chan))
