@@ -10,6 +10,8 @@ Hugging Face folder that transformers and vLLM load:
 - `distill`: a shallower student trained on the teacher's soft targets (in-process or on Ray Train);
 - `weight_share`: ALBERT-style cross-layer sharing with a tied recovery fine-tune (exported untied);
 - `layer_drop`: LayerDrop training, then a shallower sub-network (compared with a control).
+- `recovery`: the short next-token fine-tune that prune_structured, low_rank and weight_share run after
+  their change (constant lr, or warm-up + cosine).
 
 `stage.run_compress` applies the recipe's `compress.methods` to one base model and measures each result
 (`measure`); `config` holds the recipe section, `checks` the refusals made before any work starts.

@@ -126,7 +126,7 @@ def write_factorized(ctx, model, ranks: dict[str, int], out_dir: str) -> None:
 
 def apply(ctx, cfg, out_dir: str) -> dict:
     from pipelines.compress.measure import generation_speed
-    from pipelines.compress.recovery import recovery_finetune, recovery_windows
+    from pipelines.compress.recovery import recover
 
     model = ctx.load_model()
     before = sum(p.numel() for p in model.parameters())
@@ -157,8 +157,7 @@ def apply(ctx, cfg, out_dir: str) -> dict:
         ),
     }
     if cfg.recovery_steps:  # the factors train
-        train = recovery_windows(ctx, cfg.recovery_steps)
-        info["recovery"] = recovery_finetune(model, train, cfg.recovery_steps, cfg.recovery_lr)
+        info["recovery"] = recover(ctx, model, cfg)
     if cfg.export == "factorized":
         write_factorized(ctx, model, ranks, out_dir)
         return info

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from pipelines.compress.calibration import input_hessians
-from pipelines.compress.recovery import recovery_finetune, recovery_windows
+from pipelines.compress.recovery import recover
 
 REFIT_DAMPENING = 0.01
 """Fraction of the kept inputs' mean covariance diagonal added to its diagonal before solving (as GPTQ's
@@ -286,7 +286,6 @@ def apply(ctx, cfg, out_dir: str) -> dict:
     if refit is not None:
         info["reconstruction_error_vs_selection"] = refit
     if cfg.recovery_steps:
-        train = recovery_windows(ctx, cfg.recovery_steps)
-        info["recovery"] = recovery_finetune(small, train, cfg.recovery_steps, cfg.recovery_lr)
+        info["recovery"] = recover(ctx, small, cfg)
     ctx.save(small, out_dir)
     return info

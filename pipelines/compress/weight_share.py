@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from pipelines.compress.recovery import recovery_finetune, recovery_windows
+from pipelines.compress.recovery import recover
 
 
 def groups(n_layers: int, group_size: int) -> list[list[int]]:
@@ -77,8 +77,7 @@ def apply(ctx, cfg, out_dir: str) -> dict:
         "export": "standard Llama folder, every layer its own copy of its group's weights",
     }
     if cfg.recovery_steps:
-        train = recovery_windows(ctx, cfg.recovery_steps)
-        info["recovery"] = recovery_finetune(model, train, cfg.recovery_steps, cfg.recovery_lr)
+        info["recovery"] = recover(ctx, model, cfg)
     untie_layers(model)
     ctx.save(model, out_dir)
     return info

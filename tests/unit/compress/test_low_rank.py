@@ -128,39 +128,3 @@ def test_factorized_export_refuses_attention_targets():
     with pytest.raises(ValidationError, match=r"export: factorized serves factorized MLP projections only"):
         LowRankMethod(rank=8, targets=["self_attn.q_proj", "mlp.up_proj"])
     assert LowRankMethod(rank=8, targets=["self_attn.q_proj"], export="dense").export == "dense"
-
-
-def test_recovery_reads_new_windows_for_every_step(ctx, heldout_file):
-    from dataclasses import replace
-
-    from pipelines.compress import recovery
-
-    text = replace(ctx, train_text=heldout_file)
-    windows = recovery.recovery_windows(text, steps=5)  # 5 steps of 4: 20 distinct windows, not 64 cycled
-    assert windows.shape == (20, ctx.calibration.shape[1])
-    assert len({tuple(w.tolist()) for w in windows}) == 20
-    assert recovery.recovery_windows(text, steps=2).equal(windows[:8])  # the same text, in order
-
-
-def test_recovery_longer_than_the_text_cycles_over_all_of_it(ctx, tmp_path):
-    from dataclasses import replace
-
-    from transformers import AutoModelForCausalLM
-
-    from pipelines.compress import recovery
-    from pipelines.compress.text import TextError
-
-    short = tmp_path / "short.txt"
-    short.write_text(" ".join(f"word{i}" for i in range(60)))  # a few windows of 64 tokens, not 40
-    text = replace(ctx, train_text=str(short))
-    windows = recovery.recovery_windows(text, steps=10)  # asks for 40 windows: gets what the file has
-    assert 1 <= len(windows) < 40
-    assert len({tuple(w.tolist()) for w in windows}) == len(windows)
-    model = AutoModelForCausalLM.from_pretrained(ctx.base)
-    assert len(windows) < 3 * 4  # so the 3 steps of 4 below go round the file's windows more than once
-    info = recovery.recovery_finetune(model, windows, steps=3, lr=1e-4)
-    assert info["steps"] == 3 and info["distinct_windows"] == len(windows)
-    one_window = tmp_path / "tiny.txt"
-    one_window.write_text("too short")
-    with pytest.raises(TextError, match=r"tiny.txt has fewer than 128 tokens"):
-        recovery.recovery_windows(replace(ctx, train_text=str(one_window)), steps=1)
