@@ -29,6 +29,9 @@ machine and `os.getloadavg()` sampled during each system's run (other work on th
 
     python -m benchmarks.serve_bench             # full run (about 40-60 min on 2 busy cores)
     python -m benchmarks.serve_bench --quick     # shorter prompts/outputs, fewer requests (~15 min)
+
+Its `overhead` compares request sets measured minutes apart, so a machine whose speed drifts moves it;
+benchmarks/serve_overhead_bench.py measures the overhead alone in paired rounds that cancel the drift.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -438,6 +443,113 @@ async def _probe_queueing(url: str, metrics_url: str, n: int, stream: list[int])
 # --------------------------------------------------------------------------------------------------
 
 
+@dataclass
+class EngineSetup:
+    """One engine configuration for vLLM alone and raylm: raylm's plan, and what vLLM alone is given."""
+
+    cfg: object  # serving.config.ServeConfig
+    app_plan: object  # serving.app.AppPlan
+    plan: object  # the model's serving.planner plan
+    engine_args: dict
+    dtype: str
+    tcmalloc: bool
+    extra_env: dict[str, str]
+    vllm_env: dict[str, str]
+
+
+def engine_setup(model_path: str, context: int, concurrency: int, args) -> EngineSetup:
+    """raylm's planner's engine for `concurrency` sequences of `context` tokens, with the command line's
+    --dtype, --compile, --engine-arg, --env, --vllm-auto-bind and --no-tcmalloc applied."""
+    import yaml
+
+    from serving.app import plan_app
+    from serving.config import ServeConfig
+
+    engine_extra = {"enforce_eager": not args.compile}
+    if args.dtype:
+        engine_extra["dtype"] = args.dtype
+    for item in args.engine_arg:
+        key, _, value = item.partition("=")
+        engine_extra[key] = yaml.safe_load(value)
+    extra_env = dict(item.split("=", 1) for item in args.env)
+    cfg = ServeConfig.model_validate(
+        {
+            "port": free_port(),
+            "models": [
+                {
+                    "name": MODEL_NAME,
+                    "path": model_path,
+                    "device": "cpu",
+                    "engine_args": engine_extra,
+                    "targets": {"context_length": context, "concurrent_sequences": concurrency},
+                }
+            ],
+        }
+    )
+    app_plan = plan_app(cfg)
+    plan = app_plan.plans[MODEL_NAME]
+    engine_extra = dict(app_plan.config.models[0].engine_args)  # with the dtype raylm chose, if it chose
+    engine_args = {**plan.engine_args(), **engine_extra}
+    # vLLM alone runs on the same cores raylm pins its replica's engine threads to (the first
+    # `cpu_cores` of the node), unless --env says otherwise or --vllm-auto-bind asks for vLLM's own
+    # `auto` binding (one core for the scheduler, the OpenMP threads on the rest of the NUMA node).
+    vllm_env = dict(extra_env)
+    cores = app_plan.cpu_cores.get(MODEL_NAME)
+    if cores and not args.vllm_auto_bind and "VLLM_CPU_OMP_THREADS_BIND" not in vllm_env:
+        vllm_env["VLLM_CPU_OMP_THREADS_BIND"] = f"0-{cores - 1}" if cores > 1 else "0"
+    return EngineSetup(
+        cfg=cfg,
+        app_plan=app_plan,
+        plan=plan,
+        engine_args=engine_args,
+        dtype=engine_args.get("dtype", "bfloat16"),  # vLLM's auto for this bf16 checkpoint
+        tcmalloc=not args.no_tcmalloc and Path(TCMALLOC).exists(),
+        extra_env=extra_env,
+        vllm_env=vllm_env,
+    )
+
+
+@contextmanager
+def vllm_alone(model_path: str, setup: EngineSetup, log_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """vLLM's own OpenAI server on a free port, ready; yields (its /v1 URL, the process). Stopped after."""
+    port = free_port()
+    proc = start_vllm_server(model_path, setup.engine_args, port, log_path, setup.tcmalloc, setup.vllm_env)
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        wait_http(url, 900, proc)
+        yield url, proc
+    finally:
+        stop_server(proc)
+
+
+@contextmanager
+def raylm_app(setup: EngineSetup) -> Iterator:
+    """raylm's app on an embedded 2-CPU Ray, RUNNING; yields serving.app's RunningApp. After: the app is
+    deleted, Serve and Ray shut down and this process's environment restored."""
+    from cluster.runtime import ray_session
+    from serving.app import start_app, stop_app
+
+    env = engine_env(setup.tcmalloc, setup.extra_env)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the embedded Ray's workers inherit it
+    try:
+        with ray_session(num_cpus=2):
+            from ray import serve
+
+            try:
+                yield start_app(setup.app_plan)
+            finally:
+                stop_app(setup.cfg)
+                serve.shutdown()
+    finally:
+        # only these keys: ray_session's per-process auth token must stay for the next session here
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="short prompts/outputs and few requests")
@@ -514,46 +626,10 @@ def main(argv: list[str] | None = None) -> int:
         fixed_p, fixed_o = (equal[0], equal[0]), (equal[1], equal[1])
         workloads[("equal", c)] = make_requests(stream, n_for[c], fixed_p, fixed_o, rng)
 
-    # The engine configuration: raylm's planner, for the largest concurrency.
-    import yaml
-
-    from serving.app import plan_app
-    from serving.config import ServeConfig
-
-    engine_extra = {"enforce_eager": not args.compile}
-    if args.dtype:
-        engine_extra["dtype"] = args.dtype
-    for item in args.engine_arg:
-        key, _, value = item.partition("=")
-        engine_extra[key] = yaml.safe_load(value)
-    extra_env = dict(item.split("=", 1) for item in args.env)
-    cfg = ServeConfig.model_validate(
-        {
-            "port": free_port(),
-            "models": [
-                {
-                    "name": MODEL_NAME,
-                    "path": model_path,
-                    "device": "cpu",
-                    "engine_args": engine_extra,
-                    "targets": {"context_length": context, "concurrent_sequences": max(conc)},
-                }
-            ],
-        }
-    )
-    app_plan = plan_app(cfg)
-    plan = app_plan.plans[MODEL_NAME]
-    engine_extra = dict(app_plan.config.models[0].engine_args)  # with the dtype raylm chose, if it chose
-    engine_args = {**plan.engine_args(), **engine_extra}
-    dtype = engine_args.get("dtype", "bfloat16")  # vLLM's auto for this bf16 checkpoint
-    tcmalloc = not args.no_tcmalloc and Path(TCMALLOC).exists()
-    # vLLM alone runs on the same cores raylm pins its replica's engine threads to (the first
-    # `cpu_cores` of the node), unless --env says otherwise or --vllm-auto-bind asks for vLLM's own
-    # `auto` binding (one core for the scheduler, the OpenMP threads on the rest of the NUMA node).
-    vllm_env = dict(extra_env)
-    cores = app_plan.cpu_cores.get(MODEL_NAME)
-    if cores and not args.vllm_auto_bind and "VLLM_CPU_OMP_THREADS_BIND" not in vllm_env:
-        vllm_env["VLLM_CPU_OMP_THREADS_BIND"] = f"0-{cores - 1}" if cores > 1 else "0"
+    setup = engine_setup(model_path, context, max(conc), args)
+    cfg, plan = setup.cfg, setup.plan
+    engine_args, dtype, tcmalloc = setup.engine_args, setup.dtype, setup.tcmalloc
+    extra_env, vllm_env = setup.extra_env, setup.vllm_env
     print(f"engine args: {engine_args} (tcmalloc: {tcmalloc})", flush=True)
 
     measurements: list[Measurement] = []
@@ -611,48 +687,29 @@ def main(argv: list[str] | None = None) -> int:
     logs = Path(side.scratch) / "serve_bench"
     logs.mkdir(parents=True, exist_ok=True)
     if "vllm" in systems:
-        port = free_port()
         t0 = time.perf_counter()
-        proc = start_vllm_server(model_path, engine_args, port, logs / "vllm.log", tcmalloc, vllm_env)
-        try:
-            url = f"http://127.0.0.1:{port}/v1"
-            wait_http(url, 900, proc)
+        with vllm_alone(model_path, setup, logs / "vllm.log") as (url, proc):
             startup["vllm"] = round(time.perf_counter() - t0, 1)
             kv["vllm_reported"] = parse_vllm_kv((logs / "vllm.log").read_text())
             memory["vllm_server_rss_gib"] = tree_rss_gib(proc.pid)
             with LoadSampler() as load:
                 run_suite("vllm", lambda r, a, c: run_http(url, r, a, c))
                 queueing = asyncio.run(
-                    _probe_queueing(url, f"http://127.0.0.1:{port}/metrics", plan.max_num_seqs + 8, stream)
+                    _probe_queueing(url, url.removesuffix("/v1") + "/metrics", plan.max_num_seqs + 8, stream)
                 )
             loads["vllm"] = load.summary()
-        finally:
-            stop_server(proc)
 
     if "raylm" in systems:
-        from cluster.runtime import ray_session
-        from serving.app import start_app, stop_app
         from serving.metrics import engine_kv_info
 
-        saved_env = dict(os.environ)
-        os.environ.update(engine_env(tcmalloc, extra_env))  # the embedded Ray's workers inherit it
         t0 = time.perf_counter()
-        with ray_session(num_cpus=2):
-            from ray import serve
-
-            try:
-                running = start_app(app_plan)
-                startup["raylm"] = round(time.perf_counter() - t0, 1)
-                kv["raylm_engine"] = engine_kv_info(cfg.app_name, MODEL_NAME)
-                memory["raylm_replica_rss_gib"] = replica_rss_gib()
-                with LoadSampler() as load:
-                    run_suite("raylm", lambda r, a, c: run_http(running.url, r, a, c))
-                loads["raylm"] = load.summary()
-            finally:
-                stop_app(cfg)
-                serve.shutdown()
-        os.environ.clear()
-        os.environ.update(saved_env)
+        with raylm_app(setup) as running:
+            startup["raylm"] = round(time.perf_counter() - t0, 1)
+            kv["raylm_engine"] = engine_kv_info(cfg.app_name, MODEL_NAME)
+            memory["raylm_replica_rss_gib"] = replica_rss_gib()
+            with LoadSampler() as load:
+                run_suite("raylm", lambda r, a, c: run_http(running.url, r, a, c))
+            loads["raylm"] = load.summary()
 
     if "transformers" in systems:
         import torch
