@@ -27,11 +27,13 @@ Writes benchmarks/results/serve.json (top-level `ratio`: raylm / transformers ou
 burst at concurrency 32; `overhead`: 1 - raylm / vLLM alone, same workload) and serve.md, with the
 machine and `os.getloadavg()` sampled during each system's run (other work on the machine skews them).
 
-    python -m benchmarks.serve_bench             # full run (about 40-60 min on 2 busy cores)
+    python -m benchmarks.serve_bench             # full run with the paired rounds (45-70 min on 2 cores)
     python -m benchmarks.serve_bench --quick     # shorter prompts/outputs, fewer requests (~15 min)
 
-Its `overhead` compares request sets measured minutes apart, so a machine whose speed drifts moves it;
-benchmarks/serve_overhead_bench.py measures the overhead alone in paired rounds that cancel the drift.
+The cells compare request sets measured minutes apart, so a machine whose speed drifts moves their
+overhead. So the run ends with `--paired-rounds` (default 4) rounds of benchmarks/serve_overhead_bench.py
+on the headline workload: each round starts vLLM alone and raylm afresh on the same fresh requests, order
+alternating. `overhead` is their median; the sets' figure stays as `overhead_runs.of_the_sets`.
 """
 
 from __future__ import annotations
@@ -550,6 +552,21 @@ def raylm_app(setup: EngineSetup) -> Iterator:
                 os.environ[k] = v
 
 
+def headline_overhead(single: float | None, repeats: dict[str, list[float]],
+                      paired: dict | None) -> tuple[float | None, str]:
+    """serve.json's `overhead` and how it was taken, from the best measurement there is: the median of
+    the paired rounds (each round both systems on the same fresh requests, minutes apart at most), else
+    1 - the ratio of the medians of the headline cell's request sets, else the one headline cell."""
+    if paired is not None:
+        from benchmarks.serve_overhead_bench import RULE
+
+        return paired["overhead"], f"{RULE} ({len(paired['per_round'])} rounds, after the cells)"
+    if len(repeats.get("vllm", [])) > 1 and len(repeats.get("raylm", [])) > 1:
+        return (round(1 - statistics.median(repeats["raylm"]) / statistics.median(repeats["vllm"]), 4),
+                "1 - median(raylm) / median(vllm) over the headline cell's request sets")
+    return single, "one run each"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="short prompts/outputs and few requests")
@@ -590,11 +607,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=1,
                    help="run the headline cell (mixed, all at once, top concurrency) this many times on vLLM "
-                        "alone and raylm, each time on fresh requests; `overhead` is then 1 - the ratio of "
-                        "their medians (one run on this 2-core VM varies by +-10%%)")
+                        "alone and raylm, each time on fresh requests; without paired rounds `overhead` is "
+                        "then 1 - the ratio of their medians (one run on this 2-core VM varies by +-10%%)")
+    p.add_argument("--paired-rounds", type=int, default=4,
+                   help="after the cells, this many paired rounds of vLLM alone and raylm on the headline "
+                        "workload (benchmarks/serve_overhead_bench.py); `overhead` is then their median "
+                        "(0: none; needs both systems)")
     p.add_argument("--out", default=str(RESULTS / "serve.json"))
     p.add_argument("--md", default=str(RESULTS / "serve.md"))
     args = p.parse_args(argv)
+    if args.paired_rounds < 0:
+        p.error(f"--paired-rounds must be 0 or more, got {args.paired_rounds}")
 
     side = isolate_side_files()
     from pipelines.assets import asset_paths
@@ -756,15 +779,24 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import vllm
 
-    overhead = ratios["mixed/burst"]["overhead_vs_vllm"]
-    if args.repeats > 1 and all(repeats.values()):
-        overhead = round(1 - statistics.median(repeats["raylm"]) / statistics.median(repeats["vllm"]), 4)
+    paired = None
+    if args.paired_rounds and {"vllm", "raylm"} <= set(systems):
+        from benchmarks.serve_overhead_bench import paired_overhead, paired_rounds
+
+        rounds = paired_rounds(model_path, setup, stream, logs, n_rounds=args.paired_rounds,
+                               requests=n_for[max(conc)], concurrency=max(conc), prompt_range=prompt_range,
+                               out_range=out_range, seed=args.seed + 1)
+        paired = {**paired_overhead(rounds), "rounds": [
+            {"round": x["round"], "order": x["order"], "vllm": x["vllm"], "raylm": x["raylm"],
+             "failed": x["results"]["vllm"]["failed"] + x["results"]["raylm"]["failed"]} for x in rounds]}
+    overhead, rule = headline_overhead(ratios["mixed/burst"]["overhead_vs_vllm"], repeats, paired)
     report = {
         "ratio": ratios["mixed/burst"]["raylm_over_transformers"],
         "overhead": overhead,
-        "overhead_runs": {"repeats": args.repeats, "output_tok_s": repeats,
-                          "rule": "1 - median(raylm) / median(vllm) over the same request sets"
-                          if args.repeats > 1 else "one run each"},
+        "overhead_runs": {"repeats": args.repeats, "output_tok_s": repeats, "rule": rule,
+                          "of_the_sets": headline_overhead(ratios["mixed/burst"]["overhead_vs_vllm"],
+                                                           repeats, None)[0],
+                          "paired": paired},
         "ratios": ratios,
         "headline": f"mixed workload, all at once, concurrency {max(conc)}",
         "quick": args.quick,
@@ -795,6 +827,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _overhead_lines(runs: dict) -> list[str]:
+    lines = [f"The headline cell's request sets, output tok/s: {runs['output_tok_s']} (overhead from them: "
+             f"{runs.get('of_the_sets')})."]
+    paired = runs.get("paired")
+    if paired:
+        lines += ["", "Paired rounds (vLLM alone and raylm started afresh each round, the same fresh "
+                  "requests, order alternating):", "",
+                  "| round | first | vLLM alone tok/s | raylm tok/s | overhead |",
+                  "|---:|---|---:|---:|---:|"]
+        for x, o in zip(paired["rounds"], paired["per_round"], strict=True):
+            lines.append(f"| {x['round']} | {x['order'][0]} | {x['vllm']:.1f} | {x['raylm']:.1f} | {o} |")
+        lines += ["", f"Median {paired['overhead']} (range {paired['min']} to {paired['max']}; 1 - the ratio "
+                  f"of the medians {paired['of_medians']})."]
+    return [*lines, ""]
+
+
 def render_md(r: dict) -> str:
     m = r["machine"]
     loads = ", ".join(f"{k} mean {v['load1_mean']} (max {v['load1_max']})" for k, v in r["loadavg"].items())
@@ -808,8 +856,9 @@ def render_md(r: dict) -> str:
         "",
         f"Headline ({r['headline']}): **raylm / transformers = {r['ratio']}**, "
         f"**overhead of Ray Serve over vLLM alone = {r['overhead']}** (1 - raylm/vLLM, output tok/s; "
-        f"{r['overhead_runs']['rule']}: {r['overhead_runs']['output_tok_s']}).",
+        f"{r['overhead_runs']['rule']}).",
         "",
+        *_overhead_lines(r["overhead_runs"]),
         f"Engine (planner's choice): `{json.dumps(r['engine']['args'])}`, "
         f"tcmalloc {r['engine']['tcmalloc']}. Start-up: {r['startup_s']} s. Memory: {r['memory']}. "
         f"Transformers baseline: {r['transformers_baseline']}.",

@@ -51,6 +51,8 @@ from benchmarks.serve_bench import (  # noqa: E402
 from cluster.runtime import isolate_side_files  # noqa: E402
 
 SYSTEMS = ("vllm", "raylm")
+WARMUP_REQUESTS = 4
+RULE = "median over rounds of 1 - raylm / vLLM alone, both on the same fresh requests, order alternating"
 
 
 def round_order(r: int) -> tuple[str, str]:
@@ -77,6 +79,43 @@ def paired_overhead(rounds: list[dict[str, float]]) -> dict:
         "of_medians": round(1 - statistics.median(r["raylm"] for r in rounds)
                             / statistics.median(r["vllm"] for r in rounds), 4),
     }
+
+
+def paired_rounds(model_path: str, setup, stream: list[int], logs: Path, *, n_rounds: int, requests: int,
+                  concurrency: int, prompt_range: tuple[int, int], out_range: tuple[int, int],
+                  seed: int = 0) -> list[dict]:
+    """Run `n_rounds` rounds: each starts vLLM alone and raylm's app (order: `round_order`) on the same
+    fresh `requests` mixed requests, after WARMUP_REQUESTS short warm-up requests per server. Returns one
+    row per round: {"round", "order", "results": {system: Measurement as dict}, "vllm": tok/s,
+    "raylm": tok/s}."""
+    warmup = [Request(stream[i * 64 : (i + 1) * 64], 16) for i in range(WARMUP_REQUESTS)]
+
+    def measure(system: str, url: str, reqs: list[Request], r: int) -> dict:
+        run_http(url, warmup, [0.0] * len(warmup), len(warmup))
+        load0 = os.getloadavg()
+        results, wall = run_http(url, reqs, [0.0] * len(reqs), concurrency)
+        m = summarize(system, "mixed", "burst", concurrency, results, wall, None, load0)
+        m.repeat = r
+        print(f"round {r} {system:>6}: {m.output_tok_s:7.1f} tok/s  TTFT p50 {m.ttft_p50_s:.2f}s  "
+              f"failed {m.failed}  load {m.loadavg[0]}", flush=True)
+        return asdict(m)
+
+    rounds: list[dict] = []
+    for r in range(n_rounds):
+        rng = random.Random(seed * 1000 + r)
+        reqs = make_requests(stream, requests, prompt_range, out_range, rng)
+        row: dict = {"round": r, "order": list(round_order(r)), "results": {}}
+        for system in round_order(r):
+            if system == "vllm":
+                with vllm_alone(model_path, setup, logs / f"vllm-{r}.log") as (url, _proc):
+                    row["results"]["vllm"] = measure("vllm", url, reqs, r)
+            else:
+                with raylm_app(setup) as running:
+                    row["results"]["raylm"] = measure("raylm", running.url, reqs, r)
+        row["vllm"] = row["results"]["vllm"]["output_tok_s"]
+        row["raylm"] = row["results"]["raylm"]["output_tok_s"]
+        rounds.append(row)
+    return rounds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,38 +151,16 @@ def main(argv: list[str] | None = None) -> int:
     context = 1 << (prompt_range[1] + out_range[1] - 1).bit_length()
     tok = AutoTokenizer.from_pretrained(model_path)
     stream = text_token_stream(tok, 4 * prompt_range[1])
-    warmup = [Request(stream[i * 64 : (i + 1) * 64], 16) for i in range(4)]
     setup = engine_setup(model_path, context, args.concurrency, args)
     print(f"engine args: {setup.engine_args} (tcmalloc: {setup.tcmalloc})", flush=True)
     logs = Path(side.scratch) / "serve_overhead_bench"
     logs.mkdir(parents=True, exist_ok=True)
 
-    def measure(system: str, url: str, reqs: list[Request], r: int) -> dict:
-        run_http(url, warmup, [0.0] * len(warmup), len(warmup))
-        load0 = os.getloadavg()
-        results, wall = run_http(url, reqs, [0.0] * len(reqs), args.concurrency)
-        m = summarize(system, "mixed", "burst", args.concurrency, results, wall, None, load0)
-        m.repeat = r
-        print(f"round {r} {system:>6}: {m.output_tok_s:7.1f} tok/s  TTFT p50 {m.ttft_p50_s:.2f}s  "
-              f"failed {m.failed}  load {m.loadavg[0]}", flush=True)
-        return asdict(m)
-
-    rounds: list[dict] = []
     t_start = time.perf_counter()
-    for r in range(args.rounds):
-        rng = random.Random(args.seed * 1000 + r)
-        reqs = make_requests(stream, args.requests, prompt_range, out_range, rng)
-        row: dict = {"round": r, "order": list(round_order(r)), "results": {}}
-        for system in round_order(r):
-            if system == "vllm":
-                with vllm_alone(model_path, setup, logs / f"vllm-{r}.log") as (url, _proc):
-                    row["results"]["vllm"] = measure("vllm", url, reqs, r)
-            else:
-                with raylm_app(setup) as running:
-                    row["results"]["raylm"] = measure("raylm", running.url, reqs, r)
-        row["vllm"] = row["results"]["vllm"]["output_tok_s"]
-        row["raylm"] = row["results"]["raylm"]["output_tok_s"]
-        rounds.append(row)
+    rounds = paired_rounds(model_path, setup, stream, logs, n_rounds=args.rounds, requests=args.requests,
+                           concurrency=args.concurrency, prompt_range=prompt_range, out_range=out_range,
+                           seed=args.seed)
+    wall_s = round(time.perf_counter() - t_start, 1)
 
     import ray
     import vllm
@@ -152,17 +169,16 @@ def main(argv: list[str] | None = None) -> int:
     summary = paired_overhead([{s: x[s] for s in SYSTEMS} for x in rounds])
     report = {
         **summary,
-        "rule": "median over rounds of 1 - raylm / vLLM alone, both on the same fresh requests, order "
-        "alternating",
+        "rule": RULE,
         "failed_requests": failed,
         "rounds": rounds,
         "workload": {"prompt_tokens": prompt_range, "output_tokens": out_range, "requests": args.requests,
                      "concurrency": args.concurrency, "arrivals": "all at once", "seed": args.seed,
-                     "warmup_requests": len(warmup)},
+                     "warmup_requests": WARMUP_REQUESTS},
         "machine": {**machine(), "vllm": vllm.__version__, "ray": ray.__version__},
         "engine": {"args": setup.engine_args, "tcmalloc": setup.tcmalloc, "model": model_path,
                    "env": setup.extra_env, "vllm_env": setup.vllm_env},
-        "wall_s": round(time.perf_counter() - t_start, 1),
+        "wall_s": wall_s,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2, default=str))

@@ -34,3 +34,17 @@ def test_rounds_without_a_figure_are_refused():
         paired_overhead([])
     with pytest.raises(ValueError, match="round 1"):
         paired_overhead([{"vllm": 100.0, "raylm": 90.0}, {"vllm": 0.0, "raylm": 90.0}])
+
+
+def test_serve_json_overhead_comes_from_the_paired_rounds_when_there_are_some():
+    from benchmarks.serve_bench import headline_overhead
+
+    sets = {"vllm": [150.0, 140.0, 130.0], "raylm": [120.0, 110.0, 100.0]}
+    paired = paired_overhead([{"vllm": 150.0, "raylm": 135.0}, {"vllm": 100.0, "raylm": 88.0},
+                              {"vllm": 140.0, "raylm": 126.0}])
+    value, rule = headline_overhead(0.2, sets, paired)
+    assert value == pytest.approx(0.1) and "3 rounds" in rule and "median over rounds" in rule
+    # no paired rounds: the ratio of the sets' medians, then the single headline cell
+    value, rule = headline_overhead(0.2, sets, None)
+    assert value == pytest.approx(1 - 110.0 / 140.0, abs=1e-4) and "request sets" in rule
+    assert headline_overhead(0.2, {"vllm": [150.0], "raylm": [120.0]}, None) == (0.2, "one run each")
