@@ -28,6 +28,16 @@ from pipelines.assets import asset_paths
 # Unix socket paths are limited to 107 bytes; Ray puts sockets at
 # <temp_dir>/session_<date>_<time>_<pid>/sockets/plasma_store (~70 bytes after the temp dir).
 _MAX_RAY_TEMP_LEN = 36
+# What an embedded Ray gets unless the environment says otherwise. Usage stats off: the report goes to
+# Anyscale's server, which the offline machines raylm is built on cannot reach, and with them on, Ray
+# Serve LLM keeps a telemetry actor (one more process beside the engine) to collect it
+# (serving/deployments.py, RaylmLLMServer._start_engine). `RAY_USAGE_STATS_ENABLED=1` turns them back on.
+# Ray's log monitor looks for new log files (a glob over the session's log folder) every 0.1 s while the
+# folder holds fewer than RAY_LOG_MONITOR_MANY_FILES_THRESHOLD files (1000), and every
+# LOG_NAME_UPDATE_INTERVAL_S (0.5 s) above it; 0 makes it always the latter: a new worker's first log lines
+# reach the driver up to 0.5 s later, and an embedded Ray serving beside an engine on few cores polls
+# 5 times less (docs/serving.md, "Evening rounds").
+EMBEDDED_RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0"}
 
 
 @dataclass(frozen=True)
@@ -170,8 +180,9 @@ def ray_session(
     Starts (and afterwards stops) an embedded local Ray when no address is given; if Ray is already
     initialised in this process it is reused and left running. An embedded Ray gets Ray Serve's
     `serve_ingress` mode (`serving/ingress.py`: HAProxy and the throughput switches, or Serve's Python
-    proxy), `arrow_memory_pool` (`pipelines/allocator.py`) and Ray Data's single-node settings
-    (`pipelines/data/ray_data_env.py`); a running cluster keeps its own.
+    proxy), `arrow_memory_pool` (`pipelines/allocator.py`), Ray Data's single-node settings
+    (`pipelines/data/ray_data_env.py`), Ray's usage stats off and a slower log-file scan
+    (`EMBEDDED_RAY_ENV`); a running cluster keeps its own.
     """
     import ray
 
@@ -206,6 +217,7 @@ def ray_session(
         from serving.ingress import apply_ingress_env
 
         applied = apply_ingress_env(serve_ingress, side.scratch)  # Serve's processes read it at start
+        applied |= setdefault_env(EMBEDDED_RAY_ENV)
         applied |= setdefault_env(arrow_pool_env(arrow_memory_pool))  # Arrow's, at a process' first use
         applied |= setdefault_env(embedded_ray_data_env())  # Ray Data's, in the worker that lists Parquet
         if object_store_memory_gb:

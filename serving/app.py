@@ -300,6 +300,7 @@ def build_app(app_plan: AppPlan, api_key_digests: tuple[str, ...] = ()):
     from ray.serve.llm import LLMConfig
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
+    from serving.app_errors import use_plain_asgi_errors
     from serving.auth import BearerAuthMiddleware
     from serving.deployments import RaylmIngress, RaylmLLMServer, openai_error_handler
     from serving.ingress import INGRESS_REPLICA_ENV
@@ -320,6 +321,7 @@ def build_app(app_plan: AppPlan, api_key_digests: tuple[str, ...] = ()):
         adapters[model.name] = [a.name for a in model.lora_adapters]
 
     fastapi_app = init_fastapi()
+    use_plain_asgi_errors(fastapi_app)  # no task switch per streamed chunk (serving/app_errors.py)
     fastapi_app.add_exception_handler(StarletteHTTPException, openai_error_handler)
     # Starlette runs the middleware added last first: metrics (sees every outcome) -> auth (an
     # unauthenticated body is never buffered) -> limits (size, nesting, slow bodies) -> the OpenAI routes.

@@ -148,6 +148,25 @@ def test_the_ingress_replica_routes_on_its_own_event_loop(served):
     assert os.environ.get("RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP") == "1"
 
 
+def test_no_telemetry_actor_runs_beside_the_engine(served):
+    """The embedded Ray has usage stats off (cluster.runtime.EMBEDDED_RAY_ENV), so the LLMServer replica
+    starts no Ray Serve LLM telemetry actor: one process fewer on the engine's cores."""
+    import psutil
+    import ray
+    from ray.llm._internal.serve.observability.usage_telemetry.usage import (
+        LLM_SERVE_TELEMETRY_ACTOR_NAME,
+        LLM_SERVE_TELEMETRY_NAMESPACE,
+    )
+
+    assert os.environ.get("RAY_USAGE_STATS_ENABLED") == "0"
+    raylet = psutil.Process(ray._private.worker._global_node.all_processes["raylet"][0].process.pid)
+    names = [p.name() for p in raylet.children()]
+    assert f"ray::ServeReplica:{served['cfg'].app_name}:LLMServer:smollm2" in names, names
+    assert not [n for n in names if "TelemetryAgent" in n], names
+    with pytest.raises(ValueError):
+        ray.get_actor(LLM_SERVE_TELEMETRY_ACTOR_NAME, namespace=LLM_SERVE_TELEMETRY_NAMESPACE)
+
+
 def test_completions_and_chat_with_the_openai_client(client):
     done = client.completions.create(model="smollm2", prompt=PROMPT, max_tokens=12, temperature=0)
     assert done.choices[0].text.strip() and done.usage.completion_tokens == 12
