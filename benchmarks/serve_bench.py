@@ -2,8 +2,9 @@
 
 One run, one model, one workload, three systems, each measured alone (never two at once):
   (a) vllm:   vLLM's own OpenAI server (`python -m vllm.entrypoints.openai.api_server`), with the engine
-              arguments raylm's planner chose and its engine threads on the cores raylm pins
-              (`--vllm-auto-bind`: vLLM's own binding);
+              arguments raylm's planner chose, its engine threads on the cores raylm pins
+              (`--vllm-auto-bind`: vLLM's own binding) and raylm's OpenMP wait setting
+              (serving.cpu_binding.omp_wait_env; `--env GOMP_SPINCOUNT=...` sets it for both);
   (b) raylm:  `serving.app` on an embedded 2-CPU Ray (Ray Serve LLM over the same vLLM engine, behind
               Serve's HAProxy ingress: `cluster.serve_ingress`), same engine arguments, through its
               OpenAI API;
@@ -464,6 +465,7 @@ def engine_setup(model_path: str, context: int, concurrency: int, args) -> Engin
     --dtype, --compile, --engine-arg, --env, --vllm-auto-bind and --no-tcmalloc applied."""
     import yaml
 
+    from serving import cpu_binding
     from serving.app import plan_app
     from serving.config import ServeConfig
 
@@ -496,6 +498,8 @@ def engine_setup(model_path: str, context: int, concurrency: int, args) -> Engin
     # `cpu_cores` of the node), unless --env says otherwise or --vllm-auto-bind asks for vLLM's own
     # `auto` binding (one core for the scheduler, the OpenMP threads on the rest of the NUMA node).
     vllm_env = dict(extra_env)
+    # ... and with the OpenMP wait that raylm gives its CPU engines (serving.cpu_binding.omp_wait_env)
+    vllm_env.update(cpu_binding.omp_wait_env({**os.environ, **extra_env}))
     cores = app_plan.cpu_cores.get(MODEL_NAME)
     if cores and not args.vllm_auto_bind and "VLLM_CPU_OMP_THREADS_BIND" not in vllm_env:
         vllm_env["VLLM_CPU_OMP_THREADS_BIND"] = f"0-{cores - 1}" if cores > 1 else "0"

@@ -277,6 +277,7 @@ def llm_config_dict(
     env = {k: os.environ[k] for k in _PASS_ENV if os.environ.get(k)}
     if device == "cpu":  # vLLM's CPU guide: tcmalloc (pipelines/allocator.py), where it is installed
         env.update(allocator_env("auto"))
+        env.update(cpu_binding.omp_wait_env())  # short OpenMP busy-waits (serving.cpu_binding)
     if device == "cpu" and cores:
         env[cpu_binding.ENV_CORES] = str(cores)  # claimed by the replica as it starts (deployments.py)
         env[cpu_binding.ENV_RANKS] = str(engine_ranks(model))

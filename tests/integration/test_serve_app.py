@@ -167,6 +167,23 @@ def test_no_telemetry_actor_runs_beside_the_engine(served):
         ray.get_actor(LLM_SERVE_TELEMETRY_ACTOR_NAME, namespace=LLM_SERVE_TELEMETRY_NAMESPACE)
 
 
+def test_the_engine_threads_busy_wait_briefly(served):
+    """CPU replicas give their engine processes a short OpenMP busy-wait (serving.cpu_binding.omp_wait_env):
+    the engine's worker, where the OpenMP threads run, has it in its environment."""
+    import psutil
+    import ray
+
+    from serving import cpu_binding
+
+    raylet = psutil.Process(ray._private.worker._global_node.all_processes["raylet"][0].process.pid)
+    workers = [p for p in raylet.children(recursive=True) if p.name().startswith("VLLM::Worker")]
+    assert workers, [p.name() for p in raylet.children(recursive=True)]
+    for p in workers:
+        env = p.environ()
+        assert {k: env[k] for k in cpu_binding.OMP_WAIT_VARS if env.get(k)} == cpu_binding.omp_wait_env()
+        assert "libgomp" in env.get("LD_PRELOAD", "")  # vLLM's OpenMP: GNU's, which reads it
+
+
 def test_completions_and_chat_with_the_openai_client(client):
     done = client.completions.create(model="smollm2", prompt=PROMPT, max_tokens=12, temperature=0)
     assert done.choices[0].text.strip() and done.usage.completion_tokens == 12

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from cluster.config import RecipeError, describe_keys, parse_recipe
 from pipelines.allocator import allocator_env
+from serving import cpu_binding
 from serving.config import ServeConfig, ServeModelConfig
 from serving.planner import GiB, NodeMemory, plan_model
 
@@ -91,6 +92,8 @@ def test_llm_config_for_cpu_carries_the_plan_and_the_2_cpu_placement(smollm2_fol
 
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "never-forwarded")
+    for var in cpu_binding.OMP_WAIT_VARS:
+        monkeypatch.delenv(var, raising=False)
     model = ServeModelConfig(name="smol", path=str(smollm2_folder), engine_args={"enforce_eager": True},
                              autoscaling={"min_replicas": 1, "max_replicas": 3},
                              lora_adapters=[{"name": "a", "path": str(smollm2_folder)}])
@@ -103,10 +106,12 @@ def test_llm_config_for_cpu_carries_the_plan_and_the_2_cpu_placement(smollm2_fol
     kw = d["engine_kwargs"]
     assert kw["kv_cache_memory_bytes"] == plan.kv_cache_bytes and kw["max_num_seqs"] == 8
     assert kw["enable_lora"] is True and kw["max_lora_rank"] == 16 and kw["enforce_eager"] is True
-    # the object store's endpoint goes to the replicas, and on CPU tcmalloc (vLLM's CPU guide)
-    want = {"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9", **allocator_env("auto")}
+    # the object store's endpoint goes to the replicas, and on CPU tcmalloc (vLLM's CPU guide) and short
+    # OpenMP busy-waits (serving.cpu_binding)
+    want = {"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9", **allocator_env("auto"), "GOMP_SPINCOUNT": "10000"}
     assert d["runtime_env"] == {"env_vars": want}
     assert "libtcmalloc" in d["runtime_env"]["env_vars"]["LD_PRELOAD"]  # `make setup` installs it
     assert d["lora_config"]["dynamic_lora_loading_path"] is None
     gpu = llm_config_dict(model.model_copy(update={"autoscaling": None, "replicas": 2}), plan, "gpu")
     assert gpu["accelerator_config"] == {"kind": "gpu"} and gpu["deployment_config"] == {"num_replicas": 2}
+    assert gpu["runtime_env"] == {"env_vars": {"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9"}}  # no CPU tuning

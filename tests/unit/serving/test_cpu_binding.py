@@ -129,3 +129,12 @@ def test_parallel_layouts_vllm_cannot_run_are_refused_at_plan_time(tmp_path, con
     else:
         with pytest.raises(PlanError, match=refused):
             plan_app(cfg, check_arch=False)
+
+
+def test_cpu_engines_busy_wait_briefly_unless_the_environment_sets_the_openmp_wait():
+    assert cpu_binding.omp_wait_env({}) == {"GOMP_SPINCOUNT": cpu_binding.DEFAULT_GOMP_SPINCOUNT}
+    assert int(cpu_binding.DEFAULT_GOMP_SPINCOUNT) < 300_000  # libgomp's own default: what this changes
+    assert cpu_binding.omp_wait_env({"GOMP_SPINCOUNT": "300000"}) == {"GOMP_SPINCOUNT": "300000"}
+    assert cpu_binding.omp_wait_env({"OMP_WAIT_POLICY": "PASSIVE", "PATH": "/bin"}) == {
+        "OMP_WAIT_POLICY": "PASSIVE"}
+    assert cpu_binding.omp_wait_env({"GOMP_SPINCOUNT": ""}) == {"GOMP_SPINCOUNT": "10000"}  # empty: unset
