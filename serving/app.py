@@ -268,6 +268,11 @@ def llm_config_dict(
         "callback_config": {"callback_class": "serving.deployments:LocalModelCallback"},
         "log_engine_metrics": True,
     }
+    batching_ms = model.stream_batching_interval_ms
+    if batching_ms is None and device == "cpu":
+        batching_ms = 0  # no stream batching on CPU (serving.config.ServeModelConfig)
+    if batching_ms is not None:
+        config["experimental_configs"] = {"stream_batching_interval_ms": batching_ms}
     if device == "cpu":
         config["accelerator_config"] = {"kind": "cpu"}
         deployment["ray_actor_options"] = {"num_cpus": 0}

@@ -184,6 +184,24 @@ def test_the_engine_threads_busy_wait_briefly(served):
         assert "libgomp" in env.get("LD_PRELOAD", "")  # vLLM's OpenMP: GNU's, which reads it
 
 
+def test_cpu_replicas_stream_each_chunk_as_it_comes(served):
+    """CPU replicas turn Ray Serve LLM's stream batching off (serving.app.llm_config_dict); the running
+    LLMServer has it, and Serve's processes export their cached metrics once a second
+    (serving.ingress.THROUGHPUT_ENV)."""
+    import psutil
+    import ray
+    from ray import serve
+
+    handle = serve.get_deployment_handle("LLMServer:smollm2", app_name=served["cfg"].app_name)
+    config = handle.llm_config.remote().result(timeout_s=60)
+    assert config.experimental_configs["stream_batching_interval_ms"] == 0
+    raylet = psutil.Process(ray._private.worker._global_node.all_processes["raylet"][0].process.pid)
+    prefix = f"ray::ServeReplica:{served['cfg'].app_name}:"
+    replicas = {p.name().removeprefix(prefix): p for p in raylet.children() if p.name().startswith(prefix)}
+    assert {"OpenAiIngress", "LLMServer:smollm2"} <= set(replicas), list(replicas)
+    assert {p.environ().get("RAY_SERVE_METRICS_EXPORT_INTERVAL_MS") for p in replicas.values()} == {"1000"}
+
+
 def test_completions_and_chat_with_the_openai_client(client):
     done = client.completions.create(model="smollm2", prompt=PROMPT, max_tokens=12, temperature=0)
     assert done.choices[0].text.strip() and done.usage.completion_tokens == 12

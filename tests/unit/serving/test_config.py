@@ -115,3 +115,25 @@ def test_llm_config_for_cpu_carries_the_plan_and_the_2_cpu_placement(smollm2_fol
     gpu = llm_config_dict(model.model_copy(update={"autoscaling": None, "replicas": 2}), plan, "gpu")
     assert gpu["accelerator_config"] == {"kind": "gpu"} and gpu["deployment_config"] == {"num_replicas": 2}
     assert gpu["runtime_env"] == {"env_vars": {"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9"}}  # no CPU tuning
+    # no stream batching on CPU; Ray Serve LLM's default (50 ms) on GPU
+    assert d["experimental_configs"] == {"stream_batching_interval_ms": 0}
+    assert "experimental_configs" not in gpu
+
+
+def test_the_recipe_sets_stream_batching_on_either_device(smollm2_folder):
+    from ray.serve.llm import LLMConfig
+
+    from serving.app import llm_config_dict
+    from serving.planner import ModelSpec
+
+    spec = ModelSpec.from_folder(str(smollm2_folder))
+    plan = plan_model(spec, ServeModelConfig(name="smol", path=".").targets, NodeMemory("cpu", 16 * GiB, "t"))
+    for device, ms in (("cpu", 20.0), ("gpu", 0.0)):
+        model = ServeModelConfig(name="smol", path=str(smollm2_folder), stream_batching_interval_ms=ms)
+        d = llm_config_dict(model, plan, device)
+        assert d["experimental_configs"] == {"stream_batching_interval_ms": ms}
+        # Ray Serve LLM's own config takes it as it is (the integration test reads it from a running replica)
+        cfg = LLMConfig(**d)
+        assert cfg.experimental_configs["stream_batching_interval_ms"] == ms
+    with pytest.raises(ValueError, match="stream_batching_interval_ms"):
+        ServeModelConfig(name="smol", path=str(smollm2_folder), stream_batching_interval_ms=-1)
