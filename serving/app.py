@@ -250,6 +250,11 @@ def engine_kwargs(model: ServeModelConfig, plan: ServePlan) -> dict[str, Any]:
     return kwargs
 
 
+RAY_BATCHING_ENV = "RAYLLM_MODEL_RESPONSE_BATCH_TIMEOUT_MS"
+"""Ray Serve LLM's own default stream batching interval: where the environment sets it, raylm leaves CPU
+replicas on it instead of turning batching off (the recipe's `stream_batching_interval_ms` still wins)."""
+
+
 def llm_config_dict(
     model: ServeModelConfig, plan: ServePlan, device: str, cores: int | None = None
 ) -> dict[str, Any]:
@@ -269,8 +274,8 @@ def llm_config_dict(
         "log_engine_metrics": True,
     }
     batching_ms = model.stream_batching_interval_ms
-    if batching_ms is None and device == "cpu":
-        batching_ms = 0  # no stream batching on CPU (serving.config.ServeModelConfig)
+    if batching_ms is None and device == "cpu" and not os.environ.get(RAY_BATCHING_ENV):
+        batching_ms = 0  # no stream batching on CPU (serving.config.ServeModelConfig); Ray's variable wins
     if batching_ms is not None:
         config["experimental_configs"] = {"stream_batching_interval_ms": batching_ms}
     if device == "cpu":

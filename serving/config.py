@@ -122,7 +122,8 @@ class ServeModelConfig(SectionConfig):
     stream_batching_interval_ms: float | None = Field(default=None, ge=0)
     """How long the model's replica gathers a stream's chunks before it sends them on to the ingress
     together (Ray Serve LLM's `stream_batching_interval_ms`). 0: each chunk as the engine makes it. None:
-    0 on CPU replicas, Ray Serve LLM's default (50 ms) on GPU replicas. On CPU an engine step takes tens of
+    0 on CPU replicas (unless Ray's `RAYLLM_MODEL_RESPONSE_BATCH_TIMEOUT_MS` is set: then that), Ray Serve
+    LLM's default (50 ms) on GPU replicas. On CPU an engine step takes tens of
     milliseconds or more, so a batch rarely holds two chunks of one stream, while its timer still wakes
     every stream 20 times a second on the cores the engine computes on (docs/serving.md, "Stream
     batching off on CPU")."""

@@ -120,7 +120,7 @@ def test_llm_config_for_cpu_carries_the_plan_and_the_2_cpu_placement(smollm2_fol
     assert "experimental_configs" not in gpu
 
 
-def test_the_recipe_sets_stream_batching_on_either_device(smollm2_folder):
+def test_the_recipe_sets_stream_batching_on_either_device(smollm2_folder, monkeypatch):
     from ray.serve.llm import LLMConfig
 
     from serving.app import llm_config_dict
@@ -137,3 +137,9 @@ def test_the_recipe_sets_stream_batching_on_either_device(smollm2_folder):
         assert cfg.experimental_configs["stream_batching_interval_ms"] == ms
     with pytest.raises(ValueError, match="stream_batching_interval_ms"):
         ServeModelConfig(name="smol", path=str(smollm2_folder), stream_batching_interval_ms=-1)
+    # Ray's own variable in the environment: CPU replicas keep it (no experimental config overrides it)
+    monkeypatch.setenv("RAYLLM_MODEL_RESPONSE_BATCH_TIMEOUT_MS", "25")
+    unset = ServeModelConfig(name="smol", path=str(smollm2_folder))
+    assert "experimental_configs" not in llm_config_dict(unset, plan, "cpu")
+    monkeypatch.delenv("RAYLLM_MODEL_RESPONSE_BATCH_TIMEOUT_MS")
+    assert llm_config_dict(unset, plan, "cpu")["experimental_configs"] == {"stream_batching_interval_ms": 0}
